@@ -1,0 +1,3 @@
+from .cli.server import main
+
+main()

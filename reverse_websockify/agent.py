@@ -1,0 +1,219 @@
+"""The agent: keep one WebSocket to the server open forever; dial the service per stream.
+
+Reconnects with capped exponential backoff and full jitter, so a fleet of
+buses coming back after an outage does not hit the server in lockstep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, InvalidURI
+
+from . import __version__
+from .protocol import INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
+from .streams import Stream
+from .tls import is_ip, name_mismatch
+from .tunnel import CLOSE_GOING_AWAY, Tunnel
+
+log = logging.getLogger("reverse_websockify.agent")
+
+WRITE_LIMIT = 4 * MAX_MESSAGE
+USER_AGENT = f"reverse_websockify_agent/{__version__}"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    service_host: str
+    service_port: int
+    url: str
+    service_id: str
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    token: str | None = field(default=None, repr=False)
+    dial_timeout: float = 10.0
+    ping_interval: float = 10.0
+    ping_timeout: float = 10.0
+    open_timeout: float = 15.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    insecure: bool = False
+    check_name_ourselves: str | None = None  # an IP address: see tls.py
+
+
+class ServerNameMismatch(Exception):
+    pass
+
+
+def backoff_delays(initial: float, cap: float) -> Iterator[float]:
+    """Capped exponential backoff with jitter: 0.5..1 x (1, 2, 4, ... cap) seconds."""
+    attempt = 0
+    while True:
+        ceiling = min(cap, initial * (2 ** attempt))
+        yield ceiling * random.uniform(0.5, 1.0)
+        attempt = min(attempt + 1, 30)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.tunnel: Tunnel | None = None
+        self._stopping = asyncio.Event()
+        self._name_problem: str | None = None
+
+    def _name_checking_connection(self) -> type[ClientConnection]:
+        """A ClientConnection that checks the server's certificate name before the HTTP request goes out."""
+        expected = self.config.check_name_ourselves
+        assert expected
+        agent = self
+
+        class NameCheckingConnection(ClientConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                ssl_object = transport.get_extra_info("ssl_object")
+                problem = name_mismatch(ssl_object.getpeercert() if ssl_object else None, expected)
+                if problem:
+                    agent._name_problem = problem
+                    transport.abort()
+
+        return NameCheckingConnection
+
+    async def dial(self, stream: Stream) -> None:
+        """Connect ``stream`` to the local service, or reset it with the reason."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: stream, cfg.service_host, cfg.service_port),
+                cfg.dial_timeout,
+            )
+        except asyncio.TimeoutError:
+            stream.abort(f"dial {cfg.service_host}:{cfg.service_port} timed out after {cfg.dial_timeout:g} s",
+                         notify_peer=True)
+        except OSError as exc:
+            stream.abort(f"dial {cfg.service_host}:{cfg.service_port} failed: {exc.strerror or exc}",
+                         notify_peer=True)
+
+    def _connect(self) -> connect:
+        cfg = self.config
+        headers = {}
+        if cfg.token:
+            headers["Authorization"] = f"Bearer {cfg.token}"
+        kwargs: dict[str, Any] = {}
+        if cfg.ssl_context is not None:
+            kwargs["ssl"] = cfg.ssl_context
+            if cfg.server_hostname and not is_ip(cfg.server_hostname):
+                kwargs["server_hostname"] = cfg.server_hostname
+            if cfg.check_name_ourselves:
+                kwargs["create_connection"] = self._name_checking_connection()
+        return connect(
+            cfg.url,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            compression=None,
+            max_size=MAX_MESSAGE,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            open_timeout=cfg.open_timeout,
+            write_limit=WRITE_LIMIT,
+            user_agent_header=USER_AGENT,
+            additional_headers=headers,
+            **kwargs,
+        )
+
+    async def run_forever(self) -> None:
+        cfg = self.config
+        delays = backoff_delays(cfg.backoff_initial, cfg.backoff_max)
+        while not self._stopping.is_set():
+            if cfg.insecure:
+                log.warning("TLS verification is OFF (--insecure): anyone on the path can impersonate the server")
+            started = time.monotonic()
+            self._name_problem = None
+            try:
+                connection: ClientConnection = await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._report_connect_error(exc)
+            else:
+                delays = backoff_delays(cfg.backoff_initial, cfg.backoff_max)  # connected: start over
+                await self._serve(connection, started)
+                if self._stopping.is_set():
+                    break
+            delay = next(delays)
+            log.info("reconnecting in %.1f s", delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def _report_connect_error(self, exc: Exception) -> None:
+        if isinstance(exc, InvalidStatus):
+            body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
+            log.error("server refused the agent: HTTP %d %s", exc.response.status_code, body[:200])
+        elif isinstance(exc, InvalidURI):
+            log.error("bad --reverse-websockify URL: %s", exc)
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            log.error("server certificate rejected: %s", exc.verify_message or exc)
+        elif self._name_problem:
+            log.error("server certificate rejected: %s (use --tls-server-name if the server is "
+                      "reached by another name)", self._name_problem)
+        else:
+            log.error("cannot connect to %s: %s", self.config.url, describe_error(exc))
+
+    async def _serve(self, connection: ClientConnection, started: float) -> None:
+        cfg = self.config
+        log.info("connected to %s as service %s; relaying to %s:%d", cfg.url, cfg.service_id,
+                 cfg.service_host, cfg.service_port)
+        tunnel = Tunnel(connection, role="agent", service_id=cfg.service_id, dialer=self.dial, window=INITIAL_WINDOW)
+        self.tunnel = tunnel
+        try:
+            await tunnel.run()
+        finally:
+            self.tunnel = None
+        log.warning("disconnected after %.1f s: %s", time.monotonic() - started, tunnel.close_reason)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.tunnel is not None:
+            await self.tunnel.close(CLOSE_GOING_AWAY, "agent shutting down")
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT: then close the tunnel with 1001 (or stop connecting) and return."""
+        loop = asyncio.get_running_loop()
+        runner = asyncio.ensure_future(self.run_forever())
+
+        def on_signal() -> None:
+            log.info("shutting down")
+            if self.tunnel is not None:
+                loop.create_task(self.stop())
+            else:
+                self._stopping.set()
+                runner.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover
+                pass
+        try:
+            await runner
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,137 @@
+"""reverse_websockify_agent_service_side: the agent next to the TCP service, dialling out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from .common import OneLineParser, add_logging_flags, configure_logging, fail, version_text
+
+PROGRAM = "reverse_websockify_agent_service_side"
+TOKEN_ENV = "REVERSE_WEBSOCKIFY_TOKEN"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog=PROGRAM,
+        description="Keep a WebSocket open to the rendezvous server and relay every user "
+        "connection it forwards to --service. Reconnects forever.",
+        allow_abbrev=False,
+    )
+
+    def flag(name: str, **kwargs: object) -> None:
+        # The Go original's flag package also takes -name; accept both spellings.
+        parser.add_argument(f"--{name}", f"-{name}", **kwargs)  # type: ignore[arg-type]
+
+    flag("service", metavar="HOST:PORT", help="the local TCP service, e.g. 127.0.0.1:36000 (required)")
+    flag("reverse-websockify", metavar="URL", dest="url",
+         help="server URL, e.g. wss://my.rendezvous.com/forward_to_me/<ID> (required)")
+    flag("client-cert", metavar="PEM", help="client certificate for wss:// (nginx ssl_verify_client)")
+    flag("client-key", metavar="PEM", help="key of --client-cert")
+    flag("ca-cert", metavar="PEM", help="CA (or self-signed server certificate) that signs the server's "
+         "certificate; default: the system's trusted CAs")
+    flag("tls-server-name", metavar="NAME", help="name or IP the server certificate must carry, when it "
+         "differs from the URL's host")
+    flag("insecure", action="store_true", help="do NOT verify the server certificate (logged as a WARNING)")
+    flag("token", help=f"shared secret the server requires for this ID (prefer --token-file or ${TOKEN_ENV}: "
+         "command lines are visible to other users)")
+    flag("token-file", metavar="PATH", help="read the token from this file")
+    flag("dial-timeout", type=float, default=10.0, metavar="SECONDS", help="connect timeout to --service (10)")
+    flag("ping-interval", type=float, default=10.0, metavar="SECONDS", help="WebSocket ping every (10)")
+    flag("ping-timeout", type=float, default=10.0, metavar="SECONDS",
+         help="declare the link dead without a pong within (10)")
+    flag("max-backoff", type=float, default=30.0, metavar="SECONDS", help="longest wait between reconnects (30)")
+    flag("version", action="store_true", help="print the version and exit")
+    add_logging_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(version_text(PROGRAM))
+        return
+    if not args.service:
+        fail("--service=HOST:PORT is required")
+    if not args.url:
+        fail("--reverse-websockify=URL is required")
+    from ..config import ConfigError, parse_endpoint
+
+    try:
+        service = parse_endpoint(args.service, "--service")
+    except ConfigError as exc:
+        fail(str(exc))
+    url = urlsplit(args.url)
+    if url.scheme not in ("ws", "wss") or not url.hostname:
+        fail(f"--reverse-websockify: {args.url!r} must be a ws:// or wss:// URL")
+    prefix = "/forward_to_me/"
+    path = unquote(url.path)
+    if not path.startswith(prefix) or len(path) == len(prefix) or "/" in path[len(prefix):]:
+        fail(f"--reverse-websockify: {args.url!r} must end in /forward_to_me/<ID>")
+    for name in ("dial_timeout", "ping_interval", "ping_timeout", "max_backoff"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive")
+    token = args.token
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            fail(f"--token-file: {args.token_file}: {exc.strerror or exc}")
+        if not token:
+            fail(f"--token-file: {args.token_file} is empty")
+    token = token or os.environ.get(TOKEN_ENV) or None
+
+    ssl_context = None
+    check_name = None
+    if url.scheme == "wss":
+        from ..tls import TlsSetupError, agent_context, is_ip
+
+        if bool(args.client_cert) != bool(args.client_key) and not args.client_cert:
+            fail("--client-key needs --client-cert")
+        try:
+            ssl_context = agent_context(ca_cert=args.ca_cert, client_cert=args.client_cert,
+                                        client_key=args.client_key, insecure=args.insecure)
+        except TlsSetupError as exc:
+            fail(str(exc))
+        expected = args.tls_server_name or url.hostname
+        if not args.insecure and is_ip(expected):
+            ssl_context.check_hostname = False  # checked by tls.name_mismatch before any HTTP goes out
+            check_name = expected
+    else:
+        for name in ("client_cert", "client_key", "ca_cert", "tls_server_name"):
+            if getattr(args, name):
+                fail(f"--{name.replace('_', '-')} needs a wss:// URL; {args.url!r} is plain ws://")
+        if args.insecure:
+            fail("--insecure needs a wss:// URL")
+
+    from ..agent import Agent, AgentConfig
+
+    config = AgentConfig(
+        service_host=service.host,
+        service_port=service.port,
+        url=args.url,
+        service_id=path[len(prefix):],
+        ssl_context=ssl_context,
+        server_hostname=args.tls_server_name,
+        token=token,
+        dial_timeout=args.dial_timeout,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        backoff_max=args.max_backoff,
+        insecure=args.insecure,
+        check_name_ourselves=check_name,
+    )
+    configure_logging(args.log_level, args.log_format)
+    logging.getLogger("reverse_websockify.agent").info("%s starting", version_text(PROGRAM))
+    try:
+        asyncio.run(Agent(config).serve_forever())
+    except KeyboardInterrupt:  # pragma: no cover
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""What both executables share: one-line errors, logging setup, --version text."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from typing import NoReturn
+
+from .. import __version__
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus exit 2), not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see --help)")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "reverse_websockify"
+    if prog.endswith(".py") or prog == "__main__.py":
+        prog = "reverse_websockify"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def version_text(program: str) -> str:
+    frozen = " (single-file build)" if getattr(sys, "frozen", False) else ""
+    try:
+        from websockets.version import version as ws_version
+    except Exception:  # pragma: no cover
+        ws_version = "?"
+    return (f"{program} {__version__}{frozen}; Python {platform.python_version()}, "
+            f"websockets {ws_version}")
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", "-log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+    parser.add_argument("--log-format", "-log-format", default="text", choices=["text", "json"],
+                        help="text (default) or json, one object per line")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # websockets logs every failed handshake at ERROR with a traceback; ours are one line.
+    logging.getLogger("websockets").setLevel(logging.CRITICAL if level != "DEBUG" else logging.DEBUG)

@@ -1,0 +1,235 @@
+"""Server configuration: TOML file -> frozen dataclasses.
+
+Every error is a ConfigError whose message names the file and the key, so the
+CLI can print exactly one line and exit 2 before anything listens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """A one-line, user-facing description of what is wrong in the config."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    id: str
+    nickname: str
+    listen: Endpoint
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    path: Path
+    http: Endpoint
+    services: Mapping[str, ServiceConfig]
+    agent_wait: float = 5.0
+    open_timeout: float = 15.0
+    ping_interval: float = 10.0
+    ping_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    max_streams_per_agent: int = 10000
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    tls: TlsConfig | None = None
+
+
+# Example config shipped inside the package: `reverse_websockify_server --example-config`.
+EXAMPLE_CONFIG = """\
+http_server_endpoint = "127.0.0.1:39000"
+
+[remote_service.LKLAFA155MA767657]
+nickname = "Bus01"
+local_listen_endpoint = "0.0.0.0:39034"
+[remote_service.LKLAFA151NA774655]
+nickname = "Bus02"
+local_listen_endpoint = "0.0.0.0:39036"
+"""
+
+_ID = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+
+_TOP_KEYS = {
+    "http_server_endpoint",
+    "remote_service",
+    "agent_wait_seconds",
+    "open_timeout_seconds",
+    "ping_interval_seconds",
+    "ping_timeout_seconds",
+    "handshake_timeout_seconds",
+    "max_streams_per_agent",
+    "trusted_proxies",
+    "tls",
+}
+_SERVICE_KEYS = {"nickname", "local_listen_endpoint", "token"}
+_TLS_KEYS = {"cert", "key", "client_ca"}
+
+
+def parse_endpoint(text: object, where: str) -> Endpoint:
+    """Parse HOST:PORT ([v6]:PORT for IPv6); the host must be an IP address or a name."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: expected a string like \"127.0.0.1:39000\", got {type(text).__name__}")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
+    if not match:
+        raise ConfigError(f"{where}: {text!r} is not HOST:PORT (e.g. \"0.0.0.0:39034\")")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} in {text!r} is not in 1..65535")
+    if match.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{where}: {host!r} is not an IPv6 address") from None
+    elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ConfigError(f"{where}: {host!r} is not an IP address or host name")
+    return Endpoint(host, port)
+
+
+def _number(table: Mapping[str, Any], key: str, default: float, where: str, *, minimum: float = 0) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"{where}{key}: expected a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise ConfigError(f"{where}{extra[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _overlaps(a: Endpoint, b: Endpoint) -> bool:
+    if a.port != b.port:
+        return False
+    wildcard = {"0.0.0.0", "::", ""}
+    return a.host == b.host or a.host in wildcard or b.host in wildcard
+
+
+def load(path: str | Path) -> ServerConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    try:
+        return _build(path, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
+    _unknown(data, _TOP_KEYS, "")
+    if "http_server_endpoint" not in data:
+        raise ConfigError("http_server_endpoint: missing (e.g. http_server_endpoint = \"127.0.0.1:39000\")")
+    http = parse_endpoint(data["http_server_endpoint"], "http_server_endpoint")
+    services_raw = data.get("remote_service", {})
+    if not isinstance(services_raw, dict):
+        raise ConfigError("remote_service: expected tables like [remote_service.<ID>]")
+    services: dict[str, ServiceConfig] = {}
+    taken: dict[str, Endpoint] = {"http_server_endpoint": http}
+    for service_id, table in services_raw.items():
+        where = f"remote_service.{service_id}."
+        if not _ID.match(service_id):
+            raise ConfigError(f"remote_service.{service_id}: the ID may only hold letters, digits and . _ ~ -")
+        if not isinstance(table, dict):
+            raise ConfigError(f"remote_service.{service_id}: expected a table")
+        _unknown(table, _SERVICE_KEYS, where)
+        if "local_listen_endpoint" not in table:
+            raise ConfigError(f"{where}local_listen_endpoint: missing (e.g. \"0.0.0.0:39034\")")
+        listen = parse_endpoint(table["local_listen_endpoint"], where + "local_listen_endpoint")
+        for other_key, other in taken.items():
+            if _overlaps(listen, other):
+                raise ConfigError(f"{where}local_listen_endpoint: port {listen.port} is already used by {other_key}")
+        taken[where + "local_listen_endpoint"] = listen
+        nickname = table.get("nickname", "")
+        if not isinstance(nickname, str):
+            raise ConfigError(f"{where}nickname: expected a string")
+        token = table.get("token")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ConfigError(f"{where}token: expected a non-empty string")
+        services[service_id] = ServiceConfig(service_id, nickname, listen, token)
+
+    proxies = data.get("trusted_proxies", ["127.0.0.0/8", "::1/128"])
+    if not isinstance(proxies, list):
+        raise ConfigError("trusted_proxies: expected a list of addresses or networks")
+    for entry in proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"trusted_proxies: {entry!r} is not an address or network") from None
+
+    tls = None
+    if "tls" in data:
+        table = data["tls"]
+        if not isinstance(table, dict):
+            raise ConfigError("tls: expected a table")
+        _unknown(table, _TLS_KEYS, "tls.")
+        for key in ("cert", "key"):
+            if not isinstance(table.get(key), str):
+                raise ConfigError(f"tls.{key}: missing (a path to a PEM file)")
+        paths = {}
+        for key in _TLS_KEYS & set(table):
+            value = table[key]
+            if not isinstance(value, str):
+                raise ConfigError(f"tls.{key}: expected a path")
+            p = Path(value)
+            if not p.is_absolute():
+                p = path.parent / p
+            if not p.is_file():
+                raise ConfigError(f"tls.{key}: {value!r}: no such file")
+            paths[key] = p
+        tls = TlsConfig(paths["cert"], paths["key"], paths.get("client_ca"))
+
+    max_streams = data.get("max_streams_per_agent", 10000)
+    if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+        raise ConfigError(f"max_streams_per_agent: expected a positive integer, got {max_streams!r}")
+
+    return ServerConfig(
+        path=path,
+        http=http,
+        services=services,
+        agent_wait=_number(data, "agent_wait_seconds", 5.0, ""),
+        open_timeout=_number(data, "open_timeout_seconds", 15.0, "", minimum=0.1),
+        ping_interval=_number(data, "ping_interval_seconds", 10.0, "", minimum=0.1),
+        ping_timeout=_number(data, "ping_timeout_seconds", 10.0, "", minimum=0.1),
+        handshake_timeout=_number(data, "handshake_timeout_seconds", 10.0, "", minimum=0.1),
+        max_streams_per_agent=max_streams,
+        trusted_proxies=tuple(str(p) for p in proxies),
+        tls=tls,
+    )

@@ -1,0 +1,354 @@
+"""The rendezvous server: HTTP routes, one TCP listener per service, the agent registry.
+
+A Service is one ``[remote_service.<ID>]``: its listener, its current agent's
+tunnel (a newer agent replaces an older one: the old link is usually a dead
+cellular connection), users waiting for an agent, and counters for the
+status page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import signal
+import time
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from . import __version__, status
+from .config import ServerConfig, ServiceConfig
+from .protocol import AGENT_PATH_PREFIX, INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
+from .streams import Stream
+from .tunnel import CLOSE_GOING_AWAY, CLOSE_REPLACED, Tunnel
+
+log = logging.getLogger("reverse_websockify.server")
+
+# websockets awaits drain() above this many buffered bytes; a few frames' worth
+# keeps the socket busy without letting the queue hide backpressure.
+WRITE_LIMIT = 4 * MAX_MESSAGE
+
+
+class StartupError(Exception):
+    """The server cannot start (e.g. a port is taken); one line for the user."""
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, server_config: ServerConfig) -> None:
+        self.config = config
+        self.server_config = server_config
+        self.service_id = config.id
+        self.listener: asyncio.Server | None = None
+        self.tunnel: Tunnel | None = None
+        self.agent_address = ""
+        self.agent_version = ""
+        self.connected_since: str | None = None
+        self.connected_at = 0.0
+        self.last_disconnect_reason = ""
+        self.waiting: dict[Stream, asyncio.TimerHandle | None] = {}
+        # counters of tunnels that have ended; the live tunnel's are added on read
+        self._bytes_to_service = 0
+        self._bytes_from_service = 0
+        self._streams_opened = 0
+
+    # -- users (StreamOwner) --------------------------------------------------------
+
+    def stream_connected(self, stream: Stream) -> None:
+        if self.tunnel is not None and not self.tunnel.closed:
+            self.tunnel.open_stream(stream)
+            return
+        wait = self.server_config.agent_wait
+        if wait <= 0:
+            log.info("service %s: no agent attached; closing user %s", self.service_id, stream.peer)
+            stream.abort("no agent attached", notify_peer=False)
+            return
+        log.info("service %s: no agent attached; user %s waits up to %g s", self.service_id, stream.peer, wait)
+        loop = asyncio.get_running_loop()
+        self.waiting[stream] = loop.call_later(wait, self._wait_expired, stream)
+
+    def stream_lost(self, stream: Stream) -> None:
+        timer = self.waiting.pop(stream, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _wait_expired(self, stream: Stream) -> None:
+        if self.waiting.pop(stream, None) is not None:
+            log.info("service %s: no agent came within %g s; closing user %s",
+                     self.service_id, self.server_config.agent_wait, stream.peer)
+            stream.abort("no agent attached", notify_peer=False)
+
+    # -- agents ------------------------------------------------------------------------
+
+    def attach(self, tunnel: Tunnel, address: str, version: str) -> None:
+        old = self.tunnel
+        if old is not None:
+            log.warning("service %s: agent %s replaces the agent from %s", self.service_id, address, self.agent_address)
+            self._retire(old)
+            asyncio.get_running_loop().create_task(old.close(CLOSE_REPLACED, "replaced by a newer agent connection"))
+        self.tunnel = tunnel
+        self.agent_address = address
+        self.agent_version = version
+        self.connected_since = _now_iso()
+        self.connected_at = time.monotonic()
+        log.info("service %s: agent connected from %s (%s)", self.service_id, address, version or "unknown version")
+        waiting, self.waiting = self.waiting, {}
+        for stream, timer in waiting.items():
+            if timer is not None:
+                timer.cancel()
+            tunnel.open_stream(stream)
+
+    def detach(self, tunnel: Tunnel) -> None:
+        if self.tunnel is tunnel:
+            self._retire(tunnel)
+            self.tunnel = None
+            self.connected_since = None
+            self.last_disconnect_reason = tunnel.close_reason
+            log.info("service %s: agent %s disconnected after %.1f s: %s", self.service_id,
+                     self.agent_address, time.monotonic() - self.connected_at, tunnel.close_reason)
+
+    def _retire(self, tunnel: Tunnel) -> None:
+        self._bytes_to_service += tunnel.bytes_sent
+        self._bytes_from_service += tunnel.bytes_received
+        self._streams_opened += tunnel.streams_opened
+        tunnel.bytes_sent = tunnel.bytes_received = tunnel.streams_opened = 0
+
+    # -- status -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        tunnel = self.tunnel
+        live = tunnel is not None and not tunnel.closed
+        active = len(self.waiting) + (len(tunnel.streams) if tunnel is not None else 0)
+        return {
+            "nickname": self.config.nickname,
+            "forward_at": str(self.config.listen),
+            "service_connection_since": self.connected_since if live else None,
+            "service_connection_info": self.agent_address if live else None,
+            "client_connection_count": active,
+            "connected": live,
+            "agent_address": self.agent_address or None,
+            "agent_version": self.agent_version or None,
+            "bytes_to_service": self._bytes_to_service + (tunnel.bytes_sent if tunnel else 0),
+            "bytes_from_service": self._bytes_from_service + (tunnel.bytes_received if tunnel else 0),
+            "streams_opened_total": self._streams_opened + (tunnel.streams_opened if tunnel else 0),
+            "last_disconnect_reason": self.last_disconnect_reason or None,
+        }
+
+
+def _response(code: HTTPStatus, body: bytes | str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    if isinstance(body, str):
+        body = body.encode()
+    headers = Headers(
+        [
+            ("Server", f"reverse_websockify/{__version__}"),
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(code.value, code.phrase, headers, body)
+
+
+class RendezvousServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.services: dict[str, Service] = {sid: Service(sc, config) for sid, sc in config.services.items()}
+        self.http: Server | None = None
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every port, or none: a taken port is a StartupError and nothing stays open."""
+        loop = asyncio.get_running_loop()
+        try:
+            for service in self.services.values():
+                listen = service.config.listen
+                where = f"remote_service.{service.service_id}.local_listen_endpoint"
+                service.listener = await self._bind(
+                    where, listen,
+                    loop.create_server(lambda s=service: Stream(owner=s, window=INITIAL_WINDOW),
+                                       listen.host, listen.port, reuse_address=True, backlog=1024),
+                )
+            http = self.config.http
+            self.http = await self._bind("http_server_endpoint", http, serve(
+                self._handle_agent,
+                http.host,
+                http.port,
+                process_request=self._route,
+                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                compression=None,
+                max_size=MAX_MESSAGE,
+                ping_interval=self.config.ping_interval,
+                ping_timeout=self.config.ping_timeout,
+                open_timeout=self.config.handshake_timeout,
+                write_limit=WRITE_LIMIT,
+                server_header=f"reverse_websockify/{__version__}",
+                ssl=self._ssl_context(),
+                reuse_address=True,
+            ))
+        except BaseException:
+            self._close_listeners()
+            raise
+        log.info("HTTP on %s%s; %d services: %s", self.config.http, " (TLS)" if self.config.tls else "",
+                 len(self.services), ", ".join(f"{s.service_id} on {s.config.listen}" for s in self.services.values()))
+
+    async def _bind(self, key: str, endpoint: Any, opening: Any) -> Any:
+        try:
+            return await opening
+        except OSError as exc:
+            raise StartupError(f"{self.config.path}: {key}: cannot listen on {endpoint}: {exc.strerror or exc}") from None
+
+    def _ssl_context(self) -> Any:
+        if self.config.tls is None:
+            return None
+        from .tls import server_context
+
+        return server_context(self.config.tls, where=f"{self.config.path}: tls")
+
+    def _close_listeners(self) -> None:
+        for service in self.services.values():
+            if service.listener is not None:
+                service.listener.close()
+        if self.http is not None:
+            self.http.close(close_connections=False)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop listening, tell agents we are going away (1001), end users."""
+        self._close_listeners()
+        closing = []
+        for service in self.services.values():
+            for stream in list(service.waiting):
+                stream.abort("server shutting down", notify_peer=False)
+            service.waiting.clear()
+            if service.tunnel is not None:
+                closing.append(service.tunnel.close(CLOSE_GOING_AWAY, "server shutting down"))
+        if closing:
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 5)
+        if self.http is not None:
+            await asyncio.wait_for(self.http.wait_closed(), 5)
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stopping.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover (Windows)
+                pass
+        await self.start()
+        await self._stopping.wait()
+        log.info("shutting down")
+        try:
+            await self.stop()
+        except asyncio.TimeoutError:
+            log.warning("shutdown took more than 5 s; exiting anyway")
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {sid: service.snapshot() for sid, service in self.services.items()}
+
+    def _client_address(self, connection: ServerConnection, request: Request) -> str:
+        peer = connection.remote_address
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        address = f"{host}:{peer[1]}" if isinstance(peer, tuple) else host
+        real = request.headers.get("X-Real-Ip")
+        if real:
+            try:
+                direct = ipaddress.ip_address(host)
+                claimed = ipaddress.ip_address(real.strip())
+            except ValueError:
+                return address
+            if any(direct in net for net in self._trusted):
+                return str(claimed)
+        return address
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = unquote(urlsplit(request.path).path)
+        if path == "/":
+            snapshot = self.snapshot()
+            if "text/html" in request.headers.get("Accept", ""):
+                return _response(HTTPStatus.OK, status.render_html(snapshot), "text/html; charset=utf-8")
+            return _response(HTTPStatus.OK, status.render_json(snapshot), "application/json")
+        if path == "/healthz":
+            return _response(HTTPStatus.OK, "ok\n")
+        if path.startswith("/ready/"):
+            service = self.services.get(path[len("/ready/"):])
+            if service is None:
+                return _response(HTTPStatus.NOT_FOUND, "unknown service ID\n")
+            if service.tunnel is not None and not service.tunnel.closed:
+                return _response(HTTPStatus.OK, "agent attached\n")
+            return _response(HTTPStatus.SERVICE_UNAVAILABLE, "no agent attached\n")
+        if not path.startswith(AGENT_PATH_PREFIX):
+            return _response(HTTPStatus.NOT_FOUND, "not found\n")
+        service_id = path[len(AGENT_PATH_PREFIX):]
+        address = self._client_address(connection, request)
+        service = self.services.get(service_id)
+        if service is None:
+            log.warning("agent %s asked for unknown service ID %r: 404", address, service_id[:200])
+            return _response(HTTPStatus.NOT_FOUND, f"unknown service ID {service_id[:200]!r}\n")
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            return _response(HTTPStatus.UPGRADE_REQUIRED, "this endpoint is for reverse_websockify agents (WebSocket)\n")
+        token = service.config.token
+        if token is not None:
+            offered = request.headers.get("Authorization", "")
+            expected = f"Bearer {token}"
+            if not hmac.compare_digest(offered.encode(), expected.encode()):
+                why = "missing" if not offered else "wrong"
+                log.warning("service %s: agent %s refused: %s token (401)", service_id, address, why)
+                return _response(HTTPStatus.UNAUTHORIZED, f"{why} token for service {service_id}\n")
+        offered_protocols = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
+        if SUBPROTOCOL not in [p.strip() for p in offered_protocols.split(",")]:
+            log.warning("service %s: agent %s refused: it does not speak %s (offered %r)",
+                        service_id, address, SUBPROTOCOL, offered_protocols[:100])
+            return _response(HTTPStatus.BAD_REQUEST,
+                             f"this server speaks WebSocket subprotocol {SUBPROTOCOL}; the agent offered {offered_protocols or 'none'}\n")
+        return None
+
+    async def _handle_agent(self, connection: ServerConnection) -> None:
+        request = connection.request
+        assert request is not None
+        service = self.services[unquote(urlsplit(request.path).path)[len(AGENT_PATH_PREFIX):]]
+        address = self._client_address(connection, request)
+        agent = request.headers.get("User-Agent", "")
+        version = agent.split("/", 1)[1] if agent.startswith("reverse_websockify_agent/") else agent[:100]
+        tunnel = Tunnel(
+            connection,
+            role="server",
+            service_id=service.service_id,
+            window=INITIAL_WINDOW,
+            max_streams=self.config.max_streams_per_agent,
+            open_timeout=self.config.open_timeout,
+        )
+        service.attach(tunnel, address, version)
+        try:
+            await tunnel.run()
+        finally:
+            service.detach(tunnel)
+
+
+async def run(config: ServerConfig) -> None:
+    server = RendezvousServer(config)
+    await server.serve_forever()
+
+
+def main() -> None:  # `python -m reverse_websockify.server`
+    from .cli.server import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""One WebSocket carrying many streams: dispatch, the stream table, teardown.
+
+Both programs run a Tunnel; only who opens streams differs (``role``). The
+read loop handles every frame synchronously — it never awaits one stream's
+socket — so a slow user cannot hold up the others; each frame out goes
+through one queue drained by one writer task, which keeps frames in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Awaitable, Callable, Literal
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from .protocol import INITIAL_WINDOW, MAX_STREAM_ID, FrameType, ProtocolError, decode, encode_open, encode_rst
+from .streams import Stream
+
+log = logging.getLogger("reverse_websockify.tunnel")
+
+Role = Literal["server", "agent"]
+Dialer = Callable[[Stream], Awaitable[None]]
+
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_GOING_AWAY = 1001
+CLOSE_REPLACED = 4000  # a newer agent for the same ID took over
+CLOSE_TOO_MANY_STREAMS = 4001
+
+
+class Tunnel:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        role: Role,
+        service_id: str,
+        dialer: Dialer | None = None,
+        window: int = INITIAL_WINDOW,
+        max_streams: int = 10000,
+        open_timeout: float | None = None,
+    ) -> None:
+        self.connection = connection
+        self.role = role
+        self.service_id = service_id
+        self.dialer = dialer
+        self.window = window
+        self.max_streams = max_streams
+        self.open_timeout = open_timeout
+        self.streams: dict[int, Stream] = {}
+        self.highest_id = 0
+        self.streams_opened = 0
+        self.bytes_sent = 0  # payload bytes we sent as DATA
+        self.bytes_received = 0  # payload bytes we received as DATA
+        self.closed = False
+        self.close_reason = ""
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- used by streams -------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue one frame; never blocks (credit bounds how much DATA can queue)."""
+        if self.closed:
+            return
+        self._outbox.append(frame)
+        if len(self._outbox) == 1:
+            self._wakeup.set()
+
+    def count_sent(self, size: int) -> None:
+        self.bytes_sent += size
+
+    def stream_ended(self, stream: Stream) -> None:
+        self.streams.pop(stream.stream_id, None)
+
+    # -- server side: open a stream for a user's connection ---------------------
+
+    def open_stream(self, stream: Stream) -> None:
+        if len(self.streams) >= self.max_streams:
+            log.warning("service %s: %d streams open, the limit; refusing user %s", self.service_id, len(self.streams), stream.peer)
+            stream.abort("too many streams", notify_peer=False)
+            return
+        self.highest_id += 1
+        stream_id = self.highest_id
+        stream.attach(self, stream_id)
+        self.streams[stream_id] = stream
+        self.streams_opened += 1
+        self.send(encode_open(stream_id, stream.peer))
+        log.info("service %s stream %d: user %s connected", self.service_id, stream_id, stream.peer)
+        if self.open_timeout:
+            stream.open_timer = asyncio.get_running_loop().call_later(
+                self.open_timeout, self._open_expired, stream
+            )
+        stream.start_reading()  # DATA may follow OPEN at once, within the window
+
+    def _open_expired(self, stream: Stream) -> None:
+        stream.open_timer = None
+        stream.abort(f"the agent did not connect to its service within {self.open_timeout:g} s", notify_peer=True)
+
+    # -- the connection ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the tunnel until the WebSocket closes; then end every stream."""
+        self._writer = asyncio.create_task(self._write_loop())
+        try:
+            async for message in self.connection:
+                self._dispatch(message)
+        except ProtocolError as exc:
+            self.close_reason = f"protocol error: {exc}"
+            log.warning("service %s: %s; closing the WebSocket (1002)", self.service_id, exc)
+            self._stop_writing()
+            await self.connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120])
+        except ConnectionClosed:
+            pass
+        finally:
+            self._teardown()
+
+    def _dispatch(self, message: bytes | str) -> None:
+        frame = decode(message)
+        kind = frame.type
+        stream_id = frame.stream_id
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if kind is FrameType.OPEN:
+                self._accept_open(stream_id, frame.text)
+                return
+            if stream_id > self.highest_id:
+                raise ProtocolError(f"{kind.name} for stream {stream_id}, which was never opened")
+            return  # the stream ended while this frame was in flight: normal
+        if kind is FrameType.DATA:
+            self.bytes_received += len(frame.body)
+            stream.on_data(frame.body)
+        elif kind is FrameType.WINDOW:
+            stream.on_window(frame.window_increment)
+        elif kind is FrameType.FIN:
+            stream.on_fin()
+        elif kind is FrameType.RST:
+            stream.on_rst(frame.text)
+        elif kind is FrameType.OPEN_OK:
+            if self.role == "agent":
+                raise ProtocolError(f"OPEN_OK from the server on stream {stream_id}")
+            stream.on_open_ok()
+        else:  # OPEN for a stream that is open
+            raise ProtocolError(f"OPEN for stream {stream_id}, which is already open")
+
+    def _accept_open(self, stream_id: int, peer: str) -> None:
+        if self.role == "server":
+            raise ProtocolError(f"OPEN from the agent (stream {stream_id}); only the server opens streams")
+        if stream_id <= self.highest_id or stream_id > MAX_STREAM_ID:
+            raise ProtocolError(f"OPEN for stream {stream_id}; ids must increase (last was {self.highest_id})")
+        self.highest_id = stream_id
+        if len(self.streams) >= self.max_streams:
+            log.warning("service %s stream %d: %d streams open, the limit; refusing", self.service_id, stream_id, len(self.streams))
+            self.send(encode_rst(stream_id, "too many streams on this agent"))
+            return
+        stream = Stream(window=self.window)
+        stream.attach(self, stream_id)
+        stream.peer = ""
+        self.streams[stream_id] = stream
+        self.streams_opened += 1
+        log.info("service %s stream %d: opened for user %s", self.service_id, stream_id, peer or "?")
+        assert self.dialer is not None
+        stream.dial_task = asyncio.create_task(self.dialer(stream))
+
+    async def _write_loop(self) -> None:
+        outbox, wakeup, send = self._outbox, self._wakeup, self.connection.send
+        try:
+            while True:
+                while outbox:
+                    await send(outbox.popleft())
+                wakeup.clear()
+                if not outbox:
+                    await wakeup.wait()
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+
+    def _stop_writing(self) -> None:
+        self.closed = True
+        self._outbox.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close from our side (replaced by a newer agent, shutdown)."""
+        self.close_reason = reason
+        self._stop_writing()
+        self._teardown()
+        await self.connection.close(code, reason)
+
+    def _teardown(self) -> None:
+        self._stop_writing()
+        if not self.close_reason:
+            rcvd = self.connection.close_rcvd
+            sent = self.connection.close_sent
+            if rcvd is not None:
+                self.close_reason = f"closed by peer: code {rcvd.code} {rcvd.reason}".strip()
+            elif sent is not None:
+                self.close_reason = f"closed: code {sent.code} {sent.reason}".strip()
+            else:
+                self.close_reason = "connection lost"
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.abort(f"tunnel closed ({self.close_reason})", notify_peer=False)
