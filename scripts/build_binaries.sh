@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Build both single-file executables into dist/:
+#   dist/reverse_websockify_server
+#   dist/reverse_websockify_agent_service_side
+# (".exe" on Windows). The one documented build command:
+#
+#   bash scripts/build_binaries.sh
+#
+# From a clean checkout it makes a virtual environment (build/venv), installs the pinned build
+# inputs (scripts/build-constraints.txt) and the package, and runs PyInstaller on specs/*.spec.
+#
+# Environment:
+#   PYTHON=python3.12   the interpreter to build with (default: python3). It must have a shared
+#                       libpython (Py_ENABLE_SHARED=1: pyenv's, Debian's, python.org's; NOT the
+#                       static manylinux ones). Its glibc sets the binaries' glibc floor.
+#   RW_BUILD_VENV=0     use $PYTHON's own environment instead of build/venv (it must already have
+#                       PyInstaller; nothing is installed).
+#   SOURCE_DATE_EPOCH   defaults to the last commit's time, for reproducible archives.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3}"
+export PYTHONHASHSEED=0
+export PYTHONDONTWRITEBYTECODE=1
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    SOURCE_DATE_EPOCH="$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)"
+fi
+export SOURCE_DATE_EPOCH
+# No user site-packages or PYTHONPATH leaking into what gets bundled.
+export PYTHONNOUSERSITE=1
+unset PYTHONPATH || true
+
+"$PYTHON" - <<'PY'
+import sys, sysconfig
+if sys.platform.startswith("linux") and not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+    sys.exit(f"{sys.executable}: this Python has no shared libpython (Py_ENABLE_SHARED=0); "
+             "PyInstaller needs one. Use a --enable-shared build (see .github/workflows/release.yml).")
+PY
+
+if [ "${RW_BUILD_VENV:-1}" != "0" ]; then
+    VENV="$ROOT/build/venv"
+    if [ ! -x "$VENV/bin/python" ] && [ ! -x "$VENV/Scripts/python.exe" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    if [ -x "$VENV/bin/python" ]; then PY="$VENV/bin/python"; else PY="$VENV/Scripts/python.exe"; fi
+    "$PY" -m pip install --quiet --disable-pip-version-check -c scripts/build-constraints.txt \
+        pyinstaller websockets platformdirs 'tomli; python_version < "3.11"'
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps .
+else
+    PY="$PYTHON"
+fi
+
+"$PY" -c 'import websockets.speedups' || {
+    echo "websockets is installed without its C speedups; install a binary wheel" >&2; exit 1; }
+
+rm -rf dist/reverse_websockify_server dist/reverse_websockify_agent_service_side \
+       dist/reverse_websockify_server.exe dist/reverse_websockify_agent_service_side.exe
+for name in reverse_websockify_server reverse_websockify_agent_service_side; do
+    echo "== building dist/$name"
+    "$PY" -m PyInstaller --clean --noconfirm --log-level WARN \
+        --distpath dist --workpath build/pyinstaller "specs/$name.spec"
+done
+
+for name in reverse_websockify_server reverse_websockify_agent_service_side; do
+    exe="dist/$name"; [ -e "$exe" ] || exe="dist/$name.exe"
+    "./$exe" --version
+done
+ls -l dist/
