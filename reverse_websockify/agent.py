@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import ssl
@@ -22,7 +23,7 @@ from . import __version__
 from .protocol import INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
 from .streams import Stream
 from .tls import is_ip, name_mismatch
-from .tunnel import CLOSE_GOING_AWAY, Tunnel
+from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, Tunnel
 
 log = logging.getLogger("reverse_websockify.agent")
 
@@ -40,7 +41,7 @@ class AgentConfig:
     server_hostname: str | None = None
     token: str | None = field(default=None, repr=False)
     dial_timeout: float = 10.0
-    ping_interval: float = 10.0
+    ping_interval: float = 8.0
     ping_timeout: float = 10.0
     open_timeout: float = 15.0
     backoff_initial: float = 1.0
@@ -99,7 +100,7 @@ class Agent:
             stream.abort(f"dial {cfg.service_host}:{cfg.service_port} timed out after {cfg.dial_timeout:g} s",
                          notify_peer=True)
         except OSError as exc:
-            stream.abort(f"dial {cfg.service_host}:{cfg.service_port} failed: {exc.strerror or exc}",
+            stream.abort(f"dial {cfg.service_host}:{cfg.service_port} failed: {describe_error(exc)}",
                          notify_peer=True)
 
     def _connect(self) -> connect:
@@ -121,6 +122,7 @@ class Agent:
             max_size=MAX_MESSAGE,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
+            close_timeout=CLOSE_TIMEOUT,
             open_timeout=cfg.open_timeout,
             write_limit=WRITE_LIMIT,
             user_agent_header=USER_AGENT,
@@ -176,6 +178,8 @@ class Agent:
         self.tunnel = tunnel
         try:
             await tunnel.run()
+        except Exception:  # a bug: say so, then reconnect rather than die
+            log.exception("tunnel failed")
         finally:
             self.tunnel = None
         log.warning("disconnected after %.1f s: %s", time.monotonic() - started, tunnel.close_reason)
@@ -213,7 +217,7 @@ class Agent:
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # asyncio's own strerror ("Connect call failed (...)") says less
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -54,7 +54,7 @@ class ServerConfig:
     services: Mapping[str, ServiceConfig]
     agent_wait: float = 5.0
     open_timeout: float = 15.0
-    ping_interval: float = 10.0
+    ping_interval: float = 8.0
     ping_timeout: float = 10.0
     handshake_timeout: float = 10.0
     max_streams_per_agent: int = 10000
@@ -226,7 +226,7 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         services=services,
         agent_wait=_number(data, "agent_wait_seconds", 5.0, ""),
         open_timeout=_number(data, "open_timeout_seconds", 15.0, "", minimum=0.1),
-        ping_interval=_number(data, "ping_interval_seconds", 10.0, "", minimum=0.1),
+        ping_interval=_number(data, "ping_interval_seconds", 8.0, "", minimum=0.1),
         ping_timeout=_number(data, "ping_timeout_seconds", 10.0, "", minimum=0.1),
         handshake_timeout=_number(data, "handshake_timeout_seconds", 10.0, "", minimum=0.1),
         max_streams_per_agent=max_streams,

@@ -27,7 +27,7 @@ from . import __version__, status
 from .config import ServerConfig, ServiceConfig
 from .protocol import AGENT_PATH_PREFIX, INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
 from .streams import Stream
-from .tunnel import CLOSE_GOING_AWAY, CLOSE_REPLACED, Tunnel
+from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, Tunnel
 
 log = logging.getLogger("reverse_websockify.server")
 
@@ -193,6 +193,7 @@ class RendezvousServer:
                 max_size=MAX_MESSAGE,
                 ping_interval=self.config.ping_interval,
                 ping_timeout=self.config.ping_timeout,
+                close_timeout=CLOSE_TIMEOUT,
                 open_timeout=self.config.handshake_timeout,
                 write_limit=WRITE_LIMIT,
                 server_header=f"reverse_websockify/{__version__}",
@@ -335,6 +336,9 @@ class RendezvousServer:
         service.attach(tunnel, address, version)
         try:
             await tunnel.run()
+        except Exception:  # a bug: log it here, websockets' own logger is quiet
+            log.exception("service %s: tunnel failed", service.service_id)
+            raise
         finally:
             service.detach(tunnel)
 

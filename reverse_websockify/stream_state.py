@@ -28,6 +28,7 @@ class StreamState:
         "fin_sent",
         "fin_received",
         "reset",
+        "open_confirmed",
     )
 
     def __init__(self, stream_id: int, window: int = INITIAL_WINDOW) -> None:
@@ -39,10 +40,17 @@ class StreamState:
         self.fin_sent = False
         self.fin_received = False
         self.reset = False
+        self.open_confirmed = False
 
     @property
     def finished(self) -> bool:
         return self.reset or (self.fin_sent and self.fin_received)
+
+    def confirm_open(self) -> None:
+        """OPEN_OK arrived (server side)."""
+        if self.open_confirmed:
+            raise ProtocolError(f"second OPEN_OK on stream {self.stream_id}")
+        self.open_confirmed = True
 
     # -- our sending direction -------------------------------------------------
 

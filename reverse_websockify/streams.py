@@ -170,6 +170,8 @@ class Stream(asyncio.BufferedProtocol):
     # -- frames from the tunnel ------------------------------------------------
 
     def on_open_ok(self) -> None:
+        assert self.state is not None
+        self.state.confirm_open()
         self._cancel_open_timer()
         log.debug("%s: agent connected to its service", self.describe())
 

@@ -24,6 +24,11 @@ log = logging.getLogger("reverse_websockify.tunnel")
 Role = Literal["server", "agent"]
 Dialer = Callable[[Stream], Awaitable[None]]
 
+# How long a closing handshake may take before the socket is simply dropped.
+# Short, because the usual reason to close is a dead link (keepalive timeout),
+# where waiting longer only delays telling the users.
+CLOSE_TIMEOUT = 2.0
+
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_GOING_AWAY = 1001
 CLOSE_REPLACED = 4000  # a newer agent for the same ID took over
@@ -195,14 +200,11 @@ class Tunnel:
     def _teardown(self) -> None:
         self._stop_writing()
         if not self.close_reason:
-            rcvd = self.connection.close_rcvd
-            sent = self.connection.close_sent
-            if rcvd is not None:
-                self.close_reason = f"closed by peer: code {rcvd.code} {rcvd.reason}".strip()
-            elif sent is not None:
-                self.close_reason = f"closed: code {sent.code} {sent.reason}".strip()
+            code = self.connection.close_code
+            if code is None or code == 1006:
+                self.close_reason = "connection lost (no close frame)"
             else:
-                self.close_reason = "connection lost"
+                self.close_reason = f"closed with code {code} {self.connection.close_reason}".strip()
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:

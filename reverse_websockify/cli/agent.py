@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
          "command lines are visible to other users)")
     flag("token-file", metavar="PATH", help="read the token from this file")
     flag("dial-timeout", type=float, default=10.0, metavar="SECONDS", help="connect timeout to --service (10)")
-    flag("ping-interval", type=float, default=10.0, metavar="SECONDS", help="WebSocket ping every (10)")
+    flag("ping-interval", type=float, default=8.0, metavar="SECONDS", help="WebSocket ping every (8)")
     flag("ping-timeout", type=float, default=10.0, metavar="SECONDS",
          help="declare the link dead without a pong within (10)")
     flag("max-backoff", type=float, default=30.0, metavar="SECONDS", help="longest wait between reconnects (30)")

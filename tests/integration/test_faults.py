@@ -1,0 +1,171 @@
+"""Agents and servers dying, services refusing, IDs unknown, agents replaced, links going silent."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.harness import Deployment, EchoServer, free_port, sha256, transfer, wait_for
+
+
+def _closed_within(user: socket.socket, seconds: float) -> float:
+    """Read until EOF or reset; return how long it took (fails if the socket stays open)."""
+    user.settimeout(seconds)
+    started = time.monotonic()
+    try:
+        while user.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        pytest.fail(f"user connection still open after {seconds} s")
+    return time.monotonic() - started
+
+
+def test_agent_sigkill_closes_users_and_restarted_agent_serves(deployment: Deployment, echo: EchoServer) -> None:
+    deployment.start_server()
+    agent = deployment.start_agent("BUS1", echo.port)
+    users = [socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) for _ in range(3)]
+    for user in users:
+        user.sendall(b"x" * 100000)  # mid-transfer
+    wait_for(lambda: deployment.status()["BUS1"]["client_connection_count"] == 3, 5, "3 streams")
+    agent.kill()
+    for user in users:
+        assert _closed_within(user, 5) < 5
+        user.close()
+    wait_for(lambda: not deployment.status()["BUS1"]["connected"], 5, "server to notice the agent is gone")
+    deployment.start_agent("BUS1", echo.port)
+    payload = b"after restart" * 1000
+    assert transfer(deployment.services["BUS1"], payload) == payload
+
+
+def test_server_restart_agent_reattaches_by_itself(deployment: Deployment, echo: EchoServer) -> None:
+    server = deployment.start_server()
+    agent = deployment.start_agent("BUS1", echo.port)
+    server.kill()
+    time.sleep(0.5)
+    deployment.start_server()
+    wait_for(lambda: deployment.status()["BUS1"]["connected"], 15, f"agent to reattach: {agent.log()[-1500:]}")
+    payload = bytes(range(256)) * 4096
+    assert sha256(transfer(deployment.services["BUS1"], payload)) == sha256(payload)
+    assert "reconnecting in" in agent.log()
+
+
+def test_local_service_refuses_user_closed_promptly_and_logged(deployment: Deployment) -> None:
+    dead_port = free_port()  # nothing listens here
+    deployment.start_server()
+    agent = deployment.start_agent("BUS1", dead_port)
+    with socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) as user:
+        user.sendall(b"hello")
+        assert _closed_within(user, 5) < 3
+    assert deployment.server is not None
+    deployment.server.wait_log("refused")
+    agent.wait_log("refused")
+    assert "dial 127.0.0.1:%d failed" % dead_port in agent.log()
+    assert "reset by peer: dial 127.0.0.1:%d failed" % dead_port in deployment.server.log()
+
+
+def test_unknown_id_is_refused_before_upgrade(deployment: Deployment, echo: EchoServer) -> None:
+    server = deployment.start_server()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{deployment.http_port}/forward_to_me/NOPE", timeout=5)
+    assert refused.value.code == 404
+    with pytest.raises(urllib.error.HTTPError) as other:
+        urllib.request.urlopen(f"http://127.0.0.1:{deployment.http_port}/elsewhere", timeout=5)
+    assert other.value.code == 404
+    agent = deployment.start_agent("NOPE", echo.port, wait=False)
+    agent.wait_log("HTTP 404")
+    server.wait_log("unknown service ID 'NOPE'")
+    assert agent.proc.poll() is None  # keeps retrying with backoff
+
+
+def test_second_agent_replaces_first(deployment: Deployment) -> None:
+    first_service, second_service = EchoServer(), EchoServer()
+    try:
+        deployment.start_server()
+        first = deployment.start_agent("BUS1", first_service.port)
+        first_address = deployment.status()["BUS1"]["agent_address"]
+        old_user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
+        old_user.sendall(b"ping")
+        assert old_user.recv(4) == b"ping"
+        second = deployment.start_agent("BUS1", second_service.port, wait=False)
+        wait_for(lambda: deployment.status()["BUS1"]["agent_address"] not in (None, first_address), 10,
+                 "the second agent to take over")
+        assert _closed_within(old_user, 5) < 5  # the old session's streams are closed
+        old_user.close()
+        assert transfer(deployment.services["BUS1"], b"new") == b"new"
+        assert second_service.connections == 1 and first_service.connections == 1
+        first.wait_log("replaced by a newer agent")
+        assert second.proc.poll() is None
+    finally:
+        first_service.close()
+        second_service.close()
+
+
+def test_user_waits_for_agent_then_is_closed(deployment: Deployment, echo: EchoServer) -> None:
+    deployment.extra_config = "agent_wait_seconds = 1.5"
+    deployment.start_server()
+    with socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) as user:
+        took = _closed_within(user, 5)
+    assert 1.2 < took < 3.5
+    # An agent arriving during the wait gets the waiting user.
+    user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
+    user.sendall(b"early bird")
+    deployment.start_agent("BUS1", echo.port)
+    user.settimeout(5)
+    assert user.recv(100) == b"early bird"
+    user.close()
+
+
+def test_no_wait_closes_user_at_once(deployment: Deployment) -> None:
+    deployment.extra_config = "agent_wait_seconds = 0"
+    deployment.start_server()
+    with socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) as user:
+        assert _closed_within(user, 3) < 1
+
+
+def test_keepalive_detects_frozen_agent_and_frozen_server(deployment: Deployment, echo: EchoServer) -> None:
+    deployment.extra_config = "ping_interval_seconds = 1\nping_timeout_seconds = 1"
+    server = deployment.start_server()
+    agent = deployment.start_agent("BUS1", echo.port, "--ping-interval=1", "--ping-timeout=1")
+    user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
+    user.sendall(b"x")
+    assert user.recv(1) == b"x"
+    agent.signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        wait_for(lambda: not deployment.status()["BUS1"]["connected"], 10, "server to drop the frozen agent")
+        # ping interval 1 s + ping timeout 1 s + closing handshake timeout 2 s, plus scheduling slack
+        assert time.monotonic() - started < 7
+        assert _closed_within(user, 3) < 3
+    finally:
+        agent.signal(signal.SIGCONT)
+    wait_for(lambda: deployment.status()["BUS1"]["connected"], 15, "agent to come back")
+    server.signal(signal.SIGSTOP)
+    try:
+        mark = len(agent.log())
+        started = time.monotonic()
+        wait_for(lambda: "disconnected after" in agent.log()[mark:], 10, "agent to notice the frozen server")
+        assert time.monotonic() - started < 7
+    finally:
+        server.signal(signal.SIGCONT)
+
+
+def test_sigterm_closes_everything_cleanly(deployment: Deployment, echo: EchoServer) -> None:
+    server = deployment.start_server()
+    agent = deployment.start_agent("BUS1", echo.port)
+    user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 5
+    assert _closed_within(user, 3) < 3
+    agent.wait_log("1001")
+    started = time.monotonic()
+    assert agent.stop() == 0
+    assert time.monotonic() - started < 5
