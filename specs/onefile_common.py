@@ -32,7 +32,14 @@ EXCLUDES = [
     "lzma", "_lzma", "bz2", "_bz2",
     "ftplib", "imaplib", "poplib", "smtplib", "nntplib", "telnetlib", "mailbox",
     "tomli_w", "IPython", "numpy", "PIL",
+    # CJK codecs: ~1 MB of extension modules unpacked at every start, for text this program never has.
+    "_multibytecodec", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw",
+    # websockets' other implementations (the package uses websockets.asyncio only).
+    "websockets.legacy", "websockets.sync", "websockets.trio", "websockets.cli", "websockets.__main__",
 ]
+if sys.platform != "win32":
+    # platformdirs imports its Windows backend (and so ctypes) only on Windows.
+    EXCLUDES += ["platformdirs.windows", "ctypes", "_ctypes"]
 
 HIDDEN_IMPORTS = [
     "websockets.speedups",
@@ -55,7 +62,7 @@ def onefile(name: str, entry: str, g: dict) -> None:
         binaries=[],
         datas=[],
         hiddenimports=HIDDEN_IMPORTS,
-        hookspath=[],
+        hookspath=[os.path.join(g["SPECPATH"], "hooks")],
         hooksconfig={},
         runtime_hooks=[],
         excludes=EXCLUDES,
