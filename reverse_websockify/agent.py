@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import signal
 import ssl
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
 
 from . import __version__
 from .protocol import INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
@@ -132,6 +133,10 @@ class Agent:
 
     async def run_forever(self) -> None:
         cfg = self.config
+        proxy = proxy_for(cfg.url)
+        if proxy:
+            log.info("connecting to %s through proxy %s (from the environment; NO_PROXY bypasses it)",
+                     cfg.url, proxy)
         delays = backoff_delays(cfg.backoff_initial, cfg.backoff_max)
         while not self._stopping.is_set():
             if cfg.insecure:
@@ -158,15 +163,22 @@ class Agent:
 
     def _report_connect_error(self, exc: Exception) -> None:
         if isinstance(exc, InvalidStatus):
-            body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
-            log.error("server refused the agent: HTTP %d %s", exc.response.status_code, body[:200])
+            body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
+            text = " ".join(re.sub(r"<[^>]*>", " ", body).split())  # nginx answers in HTML
+            log.error("server refused the agent: HTTP %d %s", exc.response.status_code, text[:300])
         elif isinstance(exc, InvalidURI):
             log.error("bad --reverse-websockify URL: %s", exc)
         elif isinstance(exc, ssl.SSLCertVerificationError):
-            log.error("server certificate rejected: %s", exc.verify_message or exc)
+            log.error("server certificate rejected: %s (is --ca-cert the certificate that signed the server's?)",
+                      exc.verify_message or exc)
         elif self._name_problem:
             log.error("server certificate rejected: %s (use --tls-server-name if the server is "
                       "reached by another name)", self._name_problem)
+        elif isinstance(exc, InvalidMessage) and self.config.ssl_context is not None:
+            # With TLS 1.3 a refused client certificate shows up only as a closed connection.
+            log.error("cannot connect to %s: the server closed the TLS connection without answering; it may "
+                      "require a client certificate (--client-cert/--client-key) or refuse this one (%s)",
+                      self.config.url, describe_error(exc))
         else:
             log.error("cannot connect to %s: %s", self.config.url, describe_error(exc))
 
@@ -214,10 +226,28 @@ class Agent:
                 raise
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy websockets will use for ``url``, from HTTPS_PROXY/NO_PROXY & co."""
+    from websockets.proxy import get_proxy
+    from websockets.uri import parse_uri
+
+    try:
+        return get_proxy(parse_uri(url))
+    except Exception:  # an unusable proxy setting surfaces as a connect error instead
+        return None
+
+
 def describe_error(exc: BaseException) -> str:
+    """One line for a connection error, with its cause (e.g. the TLS alert behind a failed handshake)."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"  # e.g. TLSV13_ALERT_CERTIFICATE_REQUIRED
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)  # asyncio's own strerror ("Connect call failed (...)") says less
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and cause is not exc:
+        line += f" ({describe_error(cause)})"
+    return line

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -110,6 +111,11 @@ class Deployment:
     extra_config: str = ""
     server: Process | None = None
     agents: list[Process] = field(default_factory=list)
+    client_ssl: ssl.SSLContext | None = None  # set when the server terminates TLS itself ([tls])
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.client_ssl else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def config_path(self) -> Path:
@@ -133,7 +139,7 @@ class Deployment:
         if self.server is not None and self.server.proc.poll() is not None:
             raise AssertionError(f"server exited with {self.server.proc.returncode}: {self.server.log()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1):
+            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1, context=self.client_ssl):
                 return True
         except OSError:
             return False
@@ -156,8 +162,8 @@ class Deployment:
         return agent
 
     def status(self, accept: str = "application/json") -> dict:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/", headers={"Accept": accept})
-        with urllib.request.urlopen(request, timeout=5) as response:
+        request = urllib.request.Request(f"{self.base_url}/", headers={"Accept": accept})
+        with urllib.request.urlopen(request, timeout=5, context=self.client_ssl) as response:
             return json.loads(response.read())
 
     def stop(self) -> None:
