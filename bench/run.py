@@ -104,6 +104,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="passed to server and agents (default: theirs, INFO)")
     p.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of: {', '.join(GROUPS)}")
+    p.add_argument("--strict", action="store_true",
+                   help="also exit 1 when the server/agent logs hold an ERROR or traceback, or a tunnel broke")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs, configs)")
     p.add_argument("--time-limit", type=int, metavar="S",
                    help="abort the whole run after S seconds (default 300 with --quick, 1800 otherwise)")
@@ -669,6 +671,7 @@ class Results:
         self.failures: list[str] = []
         self.notes: list[str] = []
         self.log_problems: list[str] = []
+        self.interruptions: list[str] = []
         self.header: dict[str, Any] = {}
 
     def row(self, key: str, label: str, unit: str, digits: int = 2) -> Row:
@@ -696,6 +699,7 @@ class Results:
             "failures": self.failures,
             "notes": self.notes,
             "log_problems": self.log_problems,
+            "tunnel_interruptions": self.interruptions,
         }
 
     def markdown(self) -> str:
@@ -733,6 +737,11 @@ class Results:
             out.append(f"**{len(self.failures)} failure(s):**")
             for f in self.failures:
                 out.append(f"- `{f.splitlines()[0]}`")
+        if self.interruptions:
+            out.append("")
+            out.append(f"**{len(self.interruptions)} tunnel interruption(s)** (an agent's WebSocket broke and it "
+                       "reconnected; the next measurement waited for it):")
+            out += [f"- {i}" for i in self.interruptions]
         if self.log_problems:
             out.append("")
             out.append(f"**Errors in the server/agent logs ({len(self.log_problems)}, first 10):**")
@@ -791,9 +800,18 @@ class Bench:
         self.tmp = tmp
         self.results = Results(settings)
         self.logs: list[Proc] = []
+        self.identities: dict[str, Any] = {}
+        self.last_measurement = "start"
 
-    def measure(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one tool invocation; a failure is recorded and the run goes on (None)."""
+    def measure(self, what: str, fn: Callable[[], Any], rv: Rendezvous | None = None) -> Any:
+        """Run one tool invocation; a failure is recorded and the run goes on (None).
+
+        With rv: first wait until every agent is attached (so an earlier outage does not
+        bleed into this figure), and notice when an agent had to reconnect since the last
+        look: that is a tunnel interruption, attributed to the previous measurement.
+        """
+        if rv is not None:
+            self._watch(rv)
         try:
             return fn()
         except Fatal:
@@ -801,6 +819,30 @@ class Bench:
         except BenchError as exc:
             self.results.fail(f"{what}: {exc}")
             return None
+        finally:
+            if rv is not None:
+                self.last_measurement = what
+                time.sleep(0.3)  # a tunnel that breaks as the tool's connections close does so now
+                self._watch(rv, wait=False)
+
+    def _watch(self, rv: Rendezvous, wait: bool = True) -> None:
+        if wait:
+            rv.wait_attached(list(rv.targets), 60)
+        status = rv.status()
+        for sid in rv.targets:
+            st = status[sid]
+            ident = (st.get("agent_address"), st.get("service_connection_since")) if st.get("connected") else None
+            known = self.identities.get(sid)
+            if known is not None and ident != known:
+                why = st.get("last_disconnect_reason") or "?"
+                self.results.interruptions.append(
+                    f"service {sid}: the agent's WebSocket broke during or right after "
+                    f"'{self.last_measurement}' ({why})")
+                log(f"  INTERRUPTION: {self.results.interruptions[-1]}")
+            if ident is not None:
+                self.identities[sid] = ident
+            elif known is not None:
+                self.identities[sid] = ("down", known)
 
     def tunnel_zero(self, what: str, value: float | None) -> None:
         if value is not None and value <= 0:
@@ -840,7 +882,8 @@ class Bench:
                     row = r.row(key, f"iperf3 {parallel} stream{'s' if parallel > 1 else ''}, {way}", "Gbit/s")
                     for target, port in (("direct", iperf_port), ("tunnel", rv.listen["iperf3"])):
                         v = self.measure(f"{row.label} {target}",
-                                         lambda port=port: iperf3(iperf_port, port, s.bulk_seconds, reverse, parallel, self.tmp))
+                                         lambda port=port: iperf3(iperf_port, port, s.bulk_seconds, reverse, parallel, self.tmp),
+                                         rv)
                         getattr(row, target).append(v)
                         log(f"  {row.label} {target}: {v if v is None else round(v, 2)} Gbit/s")
                         rv.check_alive()
@@ -853,7 +896,7 @@ class Bench:
                 fails = r.row("ab_c32_failed", "ab -c32: failed requests", f"of {s.ab_requests}", digits=0)
                 fails.ratio = False
                 for target, port in (("direct", nginx.port), ("tunnel", web)):
-                    v = self.measure(f"ab -c32 {target}", lambda port=port: ab(port, 32, s.ab_requests))
+                    v = self.measure(f"ab -c32 {target}", lambda port=port: ab(port, 32, s.ab_requests), rv)
                     getattr(rps, target).append(None if v is None else v["cps"])
                     getattr(fails, target).append(None if v is None else v["failed"])
                     if v:
@@ -861,11 +904,12 @@ class Bench:
                     rv.check_alive()
                 self.tunnel_zero(rps.label, rps.tunnel[-1])
             if "stall" in groups:
-                kept = r.row("stall_kept", "wrk -c64 while one download is stalled, req/s kept (stalled ÷ unstalled)",
-                             "%", digits=1)
                 base = r.rows["wrk_c64_rps"]
                 stalled_rps = self._wrk_rows(rv, nginx.port, web, 64, "wrk -c64, one download stalled",
                                              "stall_wrk_c64", stall=True)
+                kept = r.row("stall_kept", "wrk -c64 while one download is stalled, req/s kept (stalled ÷ unstalled)",
+                             "%", digits=1)
+                kept.ratio = False
                 for target in ("direct", "tunnel"):
                     b, v = getattr(base, target)[-1], stalled_rps[target]
                     getattr(kept, target).append(None if b is None or v is None or b <= 0 else 100.0 * v / b)
@@ -898,7 +942,7 @@ class Bench:
                 finally:
                     download.close()
 
-            v = self.measure(f"{label} {target}", once)
+            v = self.measure(f"{label} {target}", once, rv)
             for row, name in ((rps, "rps"), (p50, "p50_ms"), (p99, "p99_ms"), (err, "errors")):
                 getattr(row, target).append(None if v is None else v[name])
             got[target] = None if v is None else v["rps"]
@@ -1185,6 +1229,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"bench-{stamp}.json").write_text(json.dumps(results.to_json(), indent=2) + "\n")
     print(md)
     log(f"wrote {args.out / f'bench-{stamp}.md'} and .json in {results.header['duration_s']} s")
+    if args.strict and (results.log_problems or results.interruptions):
+        results.failures.append(f"--strict: {len(results.log_problems)} error line(s) in the logs, "
+                                f"{len(results.interruptions)} tunnel interruption(s)")
     if results.failures:
         code = 1
         log(f"{len(results.failures)} failure(s); details in the JSON. Logs kept in {tmp}")
