@@ -24,7 +24,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from . import __version__, status
-from .config import ServerConfig, ServiceConfig
+from .config import ConfigError, ServerConfig, ServiceConfig, load
 from .protocol import AGENT_PATH_PREFIX, INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
 from .streams import Stream
 from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, Tunnel
@@ -117,6 +117,19 @@ class Service:
             log.info("service %s: agent %s disconnected after %.1f s: %s", self.service_id,
                      self.agent_address, time.monotonic() - self.connected_at, tunnel.close_reason)
 
+    async def shut_down(self, reason: str) -> None:
+        """Stop listening, close waiting users and the agent (1001)."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        waiting, self.waiting = self.waiting, {}
+        for stream, timer in waiting.items():
+            if timer is not None:
+                timer.cancel()
+            stream.abort(reason, notify_peer=False)
+        if self.tunnel is not None:
+            await self.tunnel.close(CLOSE_GOING_AWAY, reason)
+
     def _retire(self, tunnel: Tunnel) -> None:
         self._bytes_to_service += tunnel.bytes_sent
         self._bytes_from_service += tunnel.bytes_received
@@ -172,16 +185,9 @@ class RendezvousServer:
 
     async def start(self) -> None:
         """Bind every port, or none: a taken port is a StartupError and nothing stays open."""
-        loop = asyncio.get_running_loop()
         try:
             for service in self.services.values():
-                listen = service.config.listen
-                where = f"remote_service.{service.service_id}.local_listen_endpoint"
-                service.listener = await self._bind(
-                    where, listen,
-                    loop.create_server(lambda s=service: Stream(owner=s, window=INITIAL_WINDOW),
-                                       listen.host, listen.port, reuse_address=True, backlog=1024),
-                )
+                await self._listen(service)
             http = self.config.http
             self.http = await self._bind("http_server_endpoint", http, serve(
                 self._handle_agent,
@@ -206,6 +212,60 @@ class RendezvousServer:
         log.info("HTTP on %s%s; %d services: %s", self.config.http, " (TLS)" if self.config.tls else "",
                  len(self.services), ", ".join(f"{s.service_id} on {s.config.listen}" for s in self.services.values()))
 
+    async def _listen(self, service: Service) -> None:
+        listen = service.config.listen
+        loop = asyncio.get_running_loop()
+        service.listener = await self._bind(
+            f"remote_service.{service.service_id}.local_listen_endpoint",
+            listen,
+            loop.create_server(lambda: Stream(owner=service, window=INITIAL_WINDOW),
+                               listen.host, listen.port, reuse_address=True, backlog=1024),
+        )
+
+    async def reload(self) -> None:
+        """SIGHUP: apply a changed config.toml without touching unchanged services.
+
+        Added services start listening, removed ones stop (their agents and users
+        are closed), unchanged ones keep their agents and streams. A broken file
+        changes nothing.
+        """
+        try:
+            new = load(self.config.path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            return
+        for key in ("http", "tls", "ping_interval", "ping_timeout", "handshake_timeout"):
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("reload: %s changed; that takes effect only after a restart", key)
+        old_services = self.services
+        kept: dict[str, Service] = {}
+        for sid, service in old_services.items():
+            wanted = new.services.get(sid)
+            if wanted is not None and wanted.listen == service.config.listen:
+                service.config = wanted  # nickname or token may change in place
+                service.server_config = new
+                kept[sid] = service
+        removed = [s for sid, s in old_services.items() if sid not in kept]
+        for service in removed:  # first, so that a port moving between services is free again
+            await service.shut_down("service removed from the config")
+        added = []
+        for sid, wanted in new.services.items():
+            if sid in kept:
+                continue
+            service = Service(wanted, new)
+            try:
+                await self._listen(service)
+            except StartupError as exc:
+                log.error("reload: %s; service %s not started", exc, sid)
+                continue
+            added.append(sid)
+            kept[sid] = service
+        self.services = {sid: kept[sid] for sid in new.services if sid in kept}
+        self.config = new
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in new.trusted_proxies]
+        log.info("reloaded %s: %d services; added %s; removed %s", new.path, len(self.services),
+                 ", ".join(added) or "none", ", ".join(s.service_id for s in removed) or "none")
+
     async def _bind(self, key: str, endpoint: Any, opening: Any) -> Any:
         try:
             return await opening
@@ -229,15 +289,8 @@ class RendezvousServer:
     async def stop(self) -> None:
         """Graceful shutdown: stop listening, tell agents we are going away (1001), end users."""
         self._close_listeners()
-        closing = []
-        for service in self.services.values():
-            for stream in list(service.waiting):
-                stream.abort("server shutting down", notify_peer=False)
-            service.waiting.clear()
-            if service.tunnel is not None:
-                closing.append(service.tunnel.close(CLOSE_GOING_AWAY, "server shutting down"))
-        if closing:
-            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 5)
+        closing = [service.shut_down("server shutting down") for service in self.services.values()]
+        await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 5)
         if self.http is not None:
             await asyncio.wait_for(self.http.wait_closed(), 5)
 
@@ -248,6 +301,18 @@ class RendezvousServer:
                 loop.add_signal_handler(sig, self._stopping.set)
             except (NotImplementedError, RuntimeError):  # pragma: no cover (Windows)
                 pass
+        reloading: set[asyncio.Task[None]] = set()
+
+        def on_hangup() -> None:
+            log.info("SIGHUP: reloading %s", self.config.path)
+            task = loop.create_task(self.reload())
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        except (AttributeError, NotImplementedError, RuntimeError):  # pragma: no cover (Windows)
+            pass
         await self.start()
         await self._stopping.wait()
         log.info("shutting down")
@@ -321,7 +386,10 @@ class RendezvousServer:
     async def _handle_agent(self, connection: ServerConnection) -> None:
         request = connection.request
         assert request is not None
-        service = self.services[unquote(urlsplit(request.path).path)[len(AGENT_PATH_PREFIX):]]
+        service = self.services.get(unquote(urlsplit(request.path).path)[len(AGENT_PATH_PREFIX):])
+        if service is None:  # removed by a reload since _route let it through
+            await connection.close(CLOSE_GOING_AWAY, "service removed from the config")
+            return
         address = self._client_address(connection, request)
         agent = request.headers.get("User-Agent", "")
         version = agent.split("/", 1)[1] if agent.startswith("reverse_websockify_agent/") else agent[:100]
