@@ -338,3 +338,31 @@ def test_encoders_reject_stream_id_out_of_range() -> None:
             else:
                 wrong.append(f"{param.id}({stream_id}) returned a frame")
     assert not wrong, "; ".join(wrong)
+
+
+# -- the worked example in docs/protocol.md stays true ---------------------------------------
+
+
+def test_docs_worked_example_decodes() -> None:
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+    if not doc.exists():
+        pytest.skip("docs/protocol.md not present")
+    text = doc.read_text(encoding="utf-8")
+    block = text[text.index("#  dir   frame"):]
+    block = block[: block.index("```")]
+    messages = [bytes.fromhex(m) for m in re.findall(r"^ {9}((?:[0-9a-f]{2} )*[0-9a-f]{2})\s*", block, re.M)]
+    frames = [decode(m) for m in messages]
+    assert [(f.type, f.stream_id, bytes(f.body)) for f in frames] == [
+        (FrameType.OPEN, 1, b"198.51.100.23:50000"),
+        (FrameType.DATA, 1, b"GET / HTTP/1.0\r\n\r\n"),
+        (FrameType.FIN, 1, b""),
+        (FrameType.OPEN_OK, 1, b""),
+        (FrameType.DATA, 1, b"HTTP/1.0 200 OK\r\n\r\nhi\n"),
+        (FrameType.FIN, 1, b""),
+    ]
+    assert messages == [reencode(f) for f in frames]
+    assert "04 00 00 00 01 00 08 00 00" in text
+    assert decode(bytes.fromhex("04 00 00 00 01 00 08 00 00")).window_increment == INITIAL_WINDOW // 2

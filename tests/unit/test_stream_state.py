@@ -21,7 +21,7 @@ def test_initial_state() -> None:
     assert s.stream_id == 7
     assert s.window == s.send_credit == s.recv_allowance == INITIAL_WINDOW
     assert s.delivered_unreturned == 0
-    assert not (s.fin_sent or s.fin_received or s.reset or s.finished)
+    assert not (s.fin_sent or s.fin_received or s.reset or s.finished or s.open_confirmed)
 
 
 def test_custom_window() -> None:
@@ -200,6 +200,23 @@ def test_fin_does_not_stop_the_other_direction() -> None:
     s.granted(100)
     s.send_fin()
     assert s.finished
+
+
+# -- OPEN_OK (server side) ------------------------------------------------------------------
+
+
+def test_open_ok_once() -> None:
+    s = StreamState(4)
+    assert not s.open_confirmed
+    s.confirm_open()
+    assert s.open_confirmed
+
+
+def test_second_open_ok_is_a_protocol_error() -> None:
+    s = StreamState(4)
+    s.confirm_open()
+    with pytest.raises(ProtocolError, match="second OPEN_OK on stream 4"):
+        s.confirm_open()
 
 
 # -- finished ------------------------------------------------------------------------------
