@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         "(loopback only; stops by itself). See bench/README.md.",
     )
     p.add_argument("--quick", action="store_true",
-                   help="1 repetition, short durations, 20 agents: the CI smoke run (< 3 min)")
+                   help="1 repetition, short durations, 50 agents: the CI smoke run (< 3 min)")
     p.add_argument("--binaries", metavar="DIR", type=Path,
                    help=f"run DIR/{SERVER_NAME} and DIR/{AGENT_NAME} instead of the package")
     p.add_argument("--repeat", type=int, metavar="N", help="repetitions (default 3; 1 with --quick)")
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--wrk-seconds", type=int, metavar="S", help="wrk -d (default 8; 2 with --quick)")
     p.add_argument("--ab-requests", type=int, metavar="N", help="ab -n (default 20000; 3000 with --quick)")
     p.add_argument("--idle-streams", type=int, metavar="N", help="idle streams through one agent (default 1000)")
-    p.add_argument("--agents", type=int, metavar="N", help="idle agents attached at once (default 200; 20 with --quick)")
+    p.add_argument("--agents", type=int, metavar="N", help="idle agents attached at once (default 200; 50 with --quick)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="passed to server and agents (default: theirs, INFO)")
     p.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of: {', '.join(GROUPS)}")
@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         wrk_seconds=a.wrk_seconds or (2 if q else 8),
         ab_requests=a.ab_requests or (3000 if q else 20000),
         idle_streams=a.idle_streams if a.idle_streams is not None else 1000,
-        agents=a.agents if a.agents is not None else (20 if q else 200),
+        agents=a.agents if a.agents is not None else (50 if q else 200),
         binaries=a.binaries.resolve() if a.binaries else None,
         log_level=a.log_level,
         only=only,
