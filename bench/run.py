@@ -833,7 +833,8 @@ class Bench:
             st = status[sid]
             ident = (st.get("agent_address"), st.get("service_connection_since")) if st.get("connected") else None
             known = self.identities.get(sid)
-            if known is not None and ident != known:
+            already_down = isinstance(known, tuple) and known[0] == "down"
+            if known is not None and ident != known and not already_down:
                 why = st.get("last_disconnect_reason") or "?"
                 self.results.interruptions.append(
                     f"service {sid}: the agent's WebSocket broke during or right after "
