@@ -7,6 +7,7 @@ CLI can print exactly one line and exit 2 before anything listens.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ nickname = "Bus02"
 local_listen_endpoint = "0.0.0.0:39036"
 """
 
-_ID = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 _TOP_KEYS = {
     "http_server_endpoint",
@@ -115,7 +116,7 @@ def parse_endpoint(text: object, where: str) -> Endpoint:
 
 def _number(table: Mapping[str, Any], key: str, default: float, where: str, *, minimum: float = 0) -> float:
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value < math.inf:
         raise ConfigError(f"{where}{key}: expected a number >= {minimum}, got {value!r}")
     return float(value)
 
@@ -123,7 +124,8 @@ def _number(table: Mapping[str, Any], key: str, default: float, where: str, *, m
 def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(table) - allowed)
     if extra:
-        raise ConfigError(f"{where}{extra[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+        key = extra[0] if extra[0].isprintable() else repr(extra[0])
+        raise ConfigError(f"{where}{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
 def _overlaps(a: Endpoint, b: Endpoint) -> bool:
@@ -165,8 +167,8 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
     taken: dict[str, Endpoint] = {"http_server_endpoint": http}
     for service_id, table in services_raw.items():
         where = f"remote_service.{service_id}."
-        if not _ID.match(service_id):
-            raise ConfigError(f"remote_service.{service_id}: the ID may only hold letters, digits and . _ ~ -")
+        if not _ID.fullmatch(service_id):
+            raise ConfigError(f"remote_service.{service_id!r}: the ID may only hold letters, digits and . _ ~ -")
         if not isinstance(table, dict):
             raise ConfigError(f"remote_service.{service_id}: expected a table")
         _unknown(table, _SERVICE_KEYS, where)
@@ -190,6 +192,8 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError("trusted_proxies: expected a list of addresses or networks")
     for entry in proxies:
         try:
+            if not isinstance(entry, str):
+                raise TypeError
             ipaddress.ip_network(entry, strict=False)
         except (TypeError, ValueError):
             raise ConfigError(f"trusted_proxies: {entry!r} is not an address or network") from None

@@ -76,35 +76,43 @@ class Frame:
         return bytes(self.body).decode("utf-8", "replace")
 
 
-_PACK = HEADER.pack
+def _header(frame_type: FrameType, stream_id: int) -> bytes:
+    if not 0 < stream_id <= MAX_STREAM_ID:
+        raise ValueError(f"stream id {stream_id} out of range 1..{MAX_STREAM_ID}")
+    return HEADER.pack(frame_type, stream_id)
+
+
+def _text(text: str) -> bytes:
+    """UTF-8, cut to MAX_REASON bytes without splitting a character."""
+    return text.encode()[:MAX_REASON].decode("utf-8", "ignore").encode()
 
 
 def encode_open(stream_id: int, peer: str = "") -> bytes:
-    return _PACK(FrameType.OPEN, stream_id) + peer.encode()[:MAX_REASON]
+    return _header(FrameType.OPEN, stream_id) + _text(peer)
 
 
 def encode_open_ok(stream_id: int) -> bytes:
-    return _PACK(FrameType.OPEN_OK, stream_id)
+    return _header(FrameType.OPEN_OK, stream_id)
 
 
 def encode_data(stream_id: int, payload: bytes) -> bytes:
     if not 0 < len(payload) <= MAX_DATA:
         raise ValueError(f"DATA payload of {len(payload)} bytes; 1..{MAX_DATA} allowed")
-    return _PACK(FrameType.DATA, stream_id) + payload
+    return _header(FrameType.DATA, stream_id) + payload
 
 
 def encode_window(stream_id: int, increment: int) -> bytes:
     if not 0 < increment <= MAX_CREDIT:
         raise ValueError(f"WINDOW increment {increment} out of range")
-    return _PACK(FrameType.WINDOW, stream_id) + WINDOW_BODY.pack(increment)
+    return _header(FrameType.WINDOW, stream_id) + WINDOW_BODY.pack(increment)
 
 
 def encode_fin(stream_id: int) -> bytes:
-    return _PACK(FrameType.FIN, stream_id)
+    return _header(FrameType.FIN, stream_id)
 
 
 def encode_rst(stream_id: int, reason: str = "") -> bytes:
-    return _PACK(FrameType.RST, stream_id) + reason.encode()[:MAX_REASON]
+    return _header(FrameType.RST, stream_id) + _text(reason)
 
 
 def decode(message: bytes | bytearray | memoryview | str) -> Frame:

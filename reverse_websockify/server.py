@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import os
 import signal
 import time
 from datetime import datetime, timezone
@@ -270,7 +271,8 @@ class RendezvousServer:
         try:
             return await opening
         except OSError as exc:
-            raise StartupError(f"{self.config.path}: {key}: cannot listen on {endpoint}: {exc.strerror or exc}") from None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
+            raise StartupError(f"{self.config.path}: {key}: cannot listen on {endpoint}: {why}") from None
 
     def _ssl_context(self) -> Any:
         if self.config.tls is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .protocol import (
     HEADER,
@@ -89,7 +89,7 @@ class Stream(asyncio.BufferedProtocol):
     # -- asyncio callbacks: the TCP side ---------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.transport = transport
         transport.pause_reading()  # until a tunnel has credit for us
         peer = transport.get_extra_info("peername")

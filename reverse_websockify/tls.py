@@ -84,7 +84,8 @@ def _dns_matches(pattern: str, host: str) -> bool:
         return True
     # A wildcard only as the whole left-most label, matching exactly one label.
     if pattern.startswith("*.") and "." in host:
-        return host.split(".", 1)[1] == pattern[2:] and pattern.count(".") >= 2
+        label, rest = host.split(".", 1)
+        return bool(label) and rest == pattern[2:] and pattern.count(".") >= 2
     return False
 
 

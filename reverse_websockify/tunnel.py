@@ -135,6 +135,9 @@ class Tunnel:
             if stream_id > self.highest_id:
                 raise ProtocolError(f"{kind.name} for stream {stream_id}, which was never opened")
             return  # the stream ended while this frame was in flight: normal
+        if self.role == "server" and kind is not FrameType.OPEN_OK and kind is not FrameType.RST \
+                and not stream.state.open_confirmed:  # type: ignore[union-attr]
+            raise ProtocolError(f"{kind.name} on stream {stream_id} before OPEN_OK")
         if kind is FrameType.DATA:
             self.bytes_received += len(frame.body)
             stream.on_data(frame.body)

@@ -78,7 +78,7 @@ def test_port_in_use_listens_on_nothing(tmp_path: Path) -> None:
         line = result.stderr.strip()
         assert "\n" not in line
         assert f"{path}: remote_service.B.local_listen_endpoint: cannot listen on 127.0.0.1:{b}" in line
-        assert "in use" in line
+        assert "Address already in use" in line
         assert not _listening(http) and not _listening(a)
     with socket.create_server(("127.0.0.1", http)):
         result = _run(path)

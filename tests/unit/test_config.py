@@ -282,24 +282,19 @@ def test_bad_numbers(write, line: str, key: str) -> None:  # type: ignore[no-unt
 # -- library bugs found while writing these tests (see the report) ----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="config.py _ID uses ^...$ with .match(): a trailing newline passes")
 def test_service_id_with_trailing_newline_is_refused(write) -> None:  # type: ignore[no-untyped-def]
     error(write(HTTP + service('"BUS1\\n"')), "remote_service.")
 
 
-@pytest.mark.xfail(strict=True, reason="config.py _unknown() puts the raw key, newline and all, in the message")
 def test_unknown_key_with_newline_stays_one_line(write) -> None:  # type: ignore[no-untyped-def]
     error(write(HTTP + '"bad\\nkey" = 1\n'), "unknown key")
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: ip_network() accepts ints/bools, so [5, true] pass "
-                                       "and RendezvousServer() later fails on ip_network('5')")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ipaddress on a bool
 @pytest.mark.parametrize("entry", ["5", "true"])
 def test_non_string_trusted_proxies_entry(write, entry: str) -> None:  # type: ignore[no-untyped-def]
     error(write(HTTP + f"trusted_proxies = [{entry}]\n"), "trusted_proxies")
 
 
-@pytest.mark.xfail(strict=True, reason="config.py _number(): nan < minimum is False, so nan is accepted")
 def test_nan_seconds_are_refused(write) -> None:  # type: ignore[no-untyped-def]
     error(write(HTTP + "agent_wait_seconds = nan\n"), "agent_wait_seconds")
