@@ -744,7 +744,7 @@ class Results:
             out += [f"- {i}" for i in self.interruptions]
         if self.log_problems:
             out.append("")
-            out.append(f"**Errors in the server/agent logs ({len(self.log_problems)}, first 10):**")
+            out.append(f"**Errors in the server/agent logs ({len(self.log_problems)} distinct, first 10):**")
             out.append("```")
             out += self.log_problems[:10]
             out.append("```")
@@ -1099,10 +1099,32 @@ class Bench:
             echo.close()
 
     def scan_logs(self) -> None:
+        """ERROR/CRITICAL lines and tracebacks (as 'last frame → exception'), counted when repeated."""
+        counts: dict[str, int] = {}
         for proc in self.logs:
-            for line in proc.log().splitlines():
-                if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line):
-                    self.results.log_problems.append(f"{proc.name}: {line.strip()[:300]}")
+            lines = proc.log().splitlines()
+            i = 0
+            while i < len(lines):
+                line = lines[i]
+                entry = None
+                if line.startswith("Traceback"):
+                    frame = ""
+                    i += 1
+                    while i < len(lines) and (lines[i].startswith(" ") or not lines[i].strip()):
+                        m = re.match(r'\s+File "([^"]+)", line (\d+), in (\S+)', lines[i])
+                        if m and "/asyncio/" not in m.group(1) and "/websockets/" not in m.group(1):
+                            frame = f"{Path(m.group(1)).name}:{m.group(2)} in {m.group(3)}"
+                        i += 1
+                    exc = lines[i].strip() if i < len(lines) else "?"
+                    entry = f"{proc.name}: traceback at {frame or '?'} → {exc[:200]}"
+                elif re.search(r"\b(ERROR|CRITICAL)\b", line):
+                    # drop the timestamp; stream numbers and ports vary, keep the rest
+                    text = re.sub(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+Z? ", "", line.strip())
+                    entry = f"{proc.name}: {text[:300]}"
+                if entry is not None:
+                    counts[entry] = counts.get(entry, 0) + 1
+                i += 1
+        self.results.log_problems = [f"{n}× {e}" if n > 1 else e for e, n in counts.items()]
 
 
 # -- the header ----------------------------------------------------------------------------
