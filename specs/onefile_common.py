@@ -9,6 +9,9 @@ Every choice here is for the shipped executable:
 - the standard-library parts a network daemon never uses are excluded, to keep the file
   (and the tens of MB it unpacks at every start) small;
 - ELF binaries are stripped on Linux;
+- on Linux a run-time hook (hooks/rth_ca_bundle.py) points the bundled OpenSSL at the host's CA
+  bundle (SSL_CERT_FILE) unless the user set SSL_CERT_FILE/SSL_CERT_DIR: the build machine's
+  compiled-in CA location does not exist on every distribution;
 - ``runtime_tmpdir=None``: the bootloader unpacks into ``$TMPDIR`` (then ``$TEMP``, ``$TMP``,
   ``/tmp``) as ``_MEIxxxxxx`` and removes it at exit, SIGTERM included (the bootloader forwards
   the signal to the Python process and cleans up after it). SIGKILL leaves the folder behind:
@@ -56,15 +59,17 @@ def onefile(name: str, entry: str, g: dict) -> None:
     """Define the Analysis/PYZ/EXE of one executable in the spec's globals ``g``."""
     Analysis, PYZ, EXE = g["Analysis"], g["PYZ"], g["EXE"]
     root = os.path.dirname(g["SPECPATH"])
+    hooks = os.path.join(g["SPECPATH"], "hooks")
+    runtime_hooks = [os.path.join(hooks, "rth_ca_bundle.py")] if sys.platform.startswith("linux") else []
     a = Analysis(
         [os.path.join(root, "scripts", entry)],
         pathex=[root],
         binaries=[],
         datas=[],
         hiddenimports=HIDDEN_IMPORTS,
-        hookspath=[os.path.join(g["SPECPATH"], "hooks")],
+        hookspath=[hooks],
         hooksconfig={},
-        runtime_hooks=[],
+        runtime_hooks=runtime_hooks,
         excludes=EXCLUDES,
         noarchive=False,
         optimize=0,

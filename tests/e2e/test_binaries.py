@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -270,6 +271,58 @@ def _status_ok(http: int, proc: subprocess.Popen) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_agent_trusts_the_ca_bundle_named_by_ssl_cert_file(tmp_path: Path) -> None:
+    """The bundled OpenSSL was built for another distribution's CA location: the executables find the
+    host's CA bundle (run-time hook) or the one SSL_CERT_FILE names. A CA the agent has not been told
+    about is refused; the same CA given by SSL_CERT_FILE alone (no --ca-cert) is accepted."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a certificate")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(tls / "key.pem"), "-out", str(tls / "cert.pem"), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    http = free_port()
+    config = _server_config(http, {"S": free_port()}) + \
+        f'[tls]\ncert = "{tls / "cert.pem"}"\nkey = "{tls / "key.pem"}"\n'
+    server_exe = _install(SERVER, tmp_path / "rendezvous", config)
+    agent_exe = _install(AGENT, tmp_path / "agent")
+    env = _minimal_env(tmp_path)
+    server = Process([str(server_exe)], tmp_path / "server.log", env=env, cwd=tmp_path)
+    echo = EchoServer()
+    agents: list[Process] = []
+
+    def https_up() -> bool:
+        if server.proc.poll() is not None:
+            raise AssertionError(server.log())
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", http)) == 0
+
+    def agent(extra_env: dict[str, str]) -> Process:
+        proc = Process([str(agent_exe), f"--service=127.0.0.1:{echo.port}", "--max-backoff=1",
+                        f"--reverse-websockify=wss://127.0.0.1:{http}/forward_to_me/S"],
+                       tmp_path / f"agent-{len(agents)}.log", env={**env, **extra_env}, cwd=tmp_path)
+        agents.append(proc)
+        return proc
+
+    try:
+        wait_for(https_up, 20, "server TLS port")
+        refused = agent({})
+        wait_for(lambda: "certif" in refused.log().lower(), 20, f"a certificate error: {refused.log()}")
+        assert refused.proc.poll() is None, "the agent keeps retrying"
+        assert refused.stop() == 0, refused.log()
+        trusted = agent({"SSL_CERT_FILE": str(tls / "cert.pem")})
+        wait_for(lambda: "connected to wss://" in trusted.log(), 20,
+                 f"the agent to attach: {trusted.log()}")
+        assert trusted.stop() == 0, trusted.log()
+    finally:
+        echo.close()
+        for proc in agents:
+            proc.stop()
+        server.stop()
 
 
 # -- config -----------------------------------------------------------------------------------------
