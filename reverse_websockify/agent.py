@@ -22,6 +22,7 @@ from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
 
 from . import __version__
 from .protocol import INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
+from .logfields import fields
 from .streams import Stream
 from .tls import is_ip, name_mismatch
 from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, Tunnel
@@ -194,7 +195,9 @@ class Agent:
             log.exception("tunnel failed")
         finally:
             self.tunnel = None
-        log.warning("disconnected after %.1f s: %s", time.monotonic() - started, tunnel.close_reason)
+        duration = time.monotonic() - started
+        log.warning("disconnected after %.1f s: %s", duration, tunnel.close_reason,
+                    extra=fields(cfg.service_id, reason=tunnel.close_reason, duration_seconds=round(duration, 3)))
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -9,6 +9,7 @@ status page.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import ipaddress
 import logging
@@ -28,6 +29,8 @@ from . import __version__, status
 from .config import ConfigError, ServerConfig, ServiceConfig, load
 from .protocol import AGENT_PATH_PREFIX, INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
 from .streams import Stream
+from .latency import LatencyHistogram
+from .logfields import fields
 from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, Tunnel
 
 log = logging.getLogger("reverse_websockify.server")
@@ -58,10 +61,23 @@ class Service:
         self.connected_at = 0.0
         self.last_disconnect_reason = ""
         self.waiting: dict[Stream, asyncio.TimerHandle | None] = {}
+        self.disconnected_at: float | None = None  # wall clock, for "offline for ..."
         # counters of tunnels that have ended; the live tunnel's are added on read
         self._bytes_to_service = 0
         self._bytes_from_service = 0
         self._streams_opened = 0
+        self.agent_connects = 0
+        self.agent_disconnects = 0
+        self.streams_failed: collections.Counter[str] = collections.Counter()
+        self.open_latency = LatencyHistogram()
+
+    # -- TunnelObserver --------------------------------------------------------------
+
+    def stream_failed(self, reason: str) -> None:
+        self.streams_failed[reason] += 1
+
+    def stream_ready(self, seconds: float) -> None:
+        self.open_latency.observe(seconds)
 
     # -- users (StreamOwner) --------------------------------------------------------
 
@@ -71,10 +87,13 @@ class Service:
             return
         wait = self.server_config.agent_wait
         if wait <= 0:
-            log.info("service %s: no agent attached; closing user %s", self.service_id, stream.peer)
+            log.info("service %s: no agent attached; closing user %s", self.service_id, stream.peer,
+                     extra=fields(self.service_id, peer=stream.peer, reason="no agent"))
+            self.stream_failed("no_agent")
             stream.abort("no agent attached", notify_peer=False)
             return
-        log.info("service %s: no agent attached; user %s waits up to %g s", self.service_id, stream.peer, wait)
+        log.info("service %s: no agent attached; user %s waits up to %g s", self.service_id, stream.peer, wait,
+                 extra=fields(self.service_id, peer=stream.peer))
         loop = asyncio.get_running_loop()
         self.waiting[stream] = loop.call_later(wait, self._wait_expired, stream)
 
@@ -86,7 +105,9 @@ class Service:
     def _wait_expired(self, stream: Stream) -> None:
         if self.waiting.pop(stream, None) is not None:
             log.info("service %s: no agent came within %g s; closing user %s",
-                     self.service_id, self.server_config.agent_wait, stream.peer)
+                     self.service_id, self.server_config.agent_wait, stream.peer,
+                     extra=fields(self.service_id, peer=stream.peer, reason="no agent"))
+            self.stream_failed("no_agent")
             stream.abort("no agent attached", notify_peer=False)
 
     # -- agents ------------------------------------------------------------------------
@@ -94,7 +115,8 @@ class Service:
     def attach(self, tunnel: Tunnel, address: str, version: str) -> None:
         old = self.tunnel
         if old is not None:
-            log.warning("service %s: agent %s replaces the agent from %s", self.service_id, address, self.agent_address)
+            log.warning("service %s: agent %s replaces the agent from %s", self.service_id, address,
+                        self.agent_address, extra=fields(self.service_id, peer=address, reason="replaced"))
             self._retire(old)
             asyncio.get_running_loop().create_task(old.close(CLOSE_REPLACED, "replaced by a newer agent connection"))
         self.tunnel = tunnel
@@ -102,7 +124,9 @@ class Service:
         self.agent_version = version
         self.connected_since = _now_iso()
         self.connected_at = time.monotonic()
-        log.info("service %s: agent connected from %s (%s)", self.service_id, address, version or "unknown version")
+        self.agent_connects += 1
+        log.info("service %s: agent connected from %s (%s)", self.service_id, address, version or "unknown version",
+                 extra=fields(self.service_id, peer=address, agent_version=version))
         waiting, self.waiting = self.waiting, {}
         for stream, timer in waiting.items():
             if timer is not None:
@@ -114,9 +138,14 @@ class Service:
             self._retire(tunnel)
             self.tunnel = None
             self.connected_since = None
+            self.disconnected_at = time.time()
+            self.agent_disconnects += 1
             self.last_disconnect_reason = tunnel.close_reason
+            duration = time.monotonic() - self.connected_at
             log.info("service %s: agent %s disconnected after %.1f s: %s", self.service_id,
-                     self.agent_address, time.monotonic() - self.connected_at, tunnel.close_reason)
+                     self.agent_address, duration, tunnel.close_reason,
+                     extra=fields(self.service_id, peer=self.agent_address, reason=tunnel.close_reason,
+                                  duration_seconds=round(duration, 3)))
 
     async def shut_down(self, reason: str) -> None:
         """Stop listening, close waiting users and the agent (1001)."""
@@ -156,6 +185,10 @@ class Service:
             "bytes_from_service": self._bytes_from_service + (tunnel.bytes_received if tunnel else 0),
             "streams_opened_total": self._streams_opened + (tunnel.streams_opened if tunnel else 0),
             "last_disconnect_reason": self.last_disconnect_reason or None,
+            "connected_for_seconds": round(time.monotonic() - self.connected_at, 1) if live else None,
+            "disconnected_since": (datetime.fromtimestamp(self.disconnected_at, timezone.utc).isoformat(
+                timespec="seconds").replace("+00:00", "Z") if not live and self.disconnected_at else None),
+            "streams_failed": dict(self.streams_failed),
         }
 
 
@@ -350,6 +383,11 @@ class RendezvousServer:
             if "text/html" in request.headers.get("Accept", ""):
                 return _response(HTTPStatus.OK, status.render_html(snapshot), "text/html; charset=utf-8")
             return _response(HTTPStatus.OK, status.render_json(snapshot), "application/json")
+        if path == "/metrics":
+            from .metrics import render_metrics  # prometheus_client is imported on first scrape only
+
+            body, content_type = render_metrics(self.services.values())
+            return _response(HTTPStatus.OK, body, content_type)
         if path == "/healthz":
             return _response(HTTPStatus.OK, "ok\n")
         if path.startswith("/ready/"):
@@ -365,7 +403,8 @@ class RendezvousServer:
         address = self._client_address(connection, request)
         service = self.services.get(service_id)
         if service is None:
-            log.warning("agent %s asked for unknown service ID %r: 404", address, service_id[:200])
+            log.warning("agent %s asked for unknown service ID %r: 404", address, service_id[:200],
+                        extra=fields(service_id[:200], peer=address, reason="unknown service ID"))
             return _response(HTTPStatus.NOT_FOUND, f"unknown service ID {service_id[:200]!r}\n")
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             return _response(HTTPStatus.UPGRADE_REQUIRED, "this endpoint is for reverse_websockify agents (WebSocket)\n")
@@ -375,7 +414,8 @@ class RendezvousServer:
             expected = f"Bearer {token}"
             if not hmac.compare_digest(offered.encode(), expected.encode()):
                 why = "missing" if not offered else "wrong"
-                log.warning("service %s: agent %s refused: %s token (401)", service_id, address, why)
+                log.warning("service %s: agent %s refused: %s token (401)", service_id, address, why,
+                            extra=fields(service_id, peer=address, reason=f"{why} token"))
                 return _response(HTTPStatus.UNAUTHORIZED, f"{why} token for service {service_id}\n")
         offered_protocols = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
         if SUBPROTOCOL not in [p.strip() for p in offered_protocols.split(",")]:
@@ -402,6 +442,7 @@ class RendezvousServer:
             window=INITIAL_WINDOW,
             max_streams=self.config.max_streams_per_agent,
             open_timeout=self.config.open_timeout,
+            observer=service,
         )
         service.attach(tunnel, address, version)
         try:

@@ -24,6 +24,7 @@ from .protocol import (
     encode_rst,
     encode_window,
 )
+from .logfields import fields
 from .stream_state import StreamState
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class Stream(asyncio.BufferedProtocol):
         self.bytes_sent = 0  # TCP -> tunnel
         self.bytes_received = 0  # tunnel -> TCP
         self.dial_task: asyncio.Task[None] | None = None
-        self.opened_at = 0.0
+        self.accepted_at = 0.0  # loop time the socket connected (server: the user's accept)
         self.open_timer: asyncio.TimerHandle | None = None  # server: OPEN_OK must come in time
         self._pending: list[bytes | memoryview] = []  # DATA that arrived before the dial finished
         self._pending_fin = False
@@ -73,7 +74,6 @@ class Stream(asyncio.BufferedProtocol):
         self.tunnel = tunnel
         self.stream_id = stream_id
         self.state = StreamState(stream_id, self.window)
-        self.opened_at = asyncio.get_running_loop().time()
 
     def describe(self) -> str:
         name = self.tunnel.service_id if self.tunnel else getattr(self.owner, "service_id", "?")
@@ -91,6 +91,7 @@ class Stream(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.transport = transport
+        self.accepted_at = asyncio.get_running_loop().time()
         transport.pause_reading()  # until a tunnel has credit for us
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
@@ -104,7 +105,7 @@ class Stream(asyncio.BufferedProtocol):
             transport.abort()
             return
         tunnel.send(encode_open_ok(self.stream_id))
-        log.info("%s: connected to %s", self.describe(), self.peer)
+        log.info("%s: connected to %s", self.describe(), self.peer, extra=self._fields())
         pending, self._pending = self._pending, []
         for payload in pending:
             self._write(payload)
@@ -173,6 +174,8 @@ class Stream(asyncio.BufferedProtocol):
         assert self.state is not None
         self.state.confirm_open()
         self._cancel_open_timer()
+        if self.tunnel is not None:
+            self.tunnel.stream_ready(self)
         log.debug("%s: agent connected to its service", self.describe())
 
     def on_data(self, payload: bytes | memoryview) -> None:
@@ -207,6 +210,8 @@ class Stream(asyncio.BufferedProtocol):
 
     def on_rst(self, reason: str) -> None:
         assert self.state is not None
+        if self.owner is not None and not self.state.open_confirmed and self.tunnel is not None:
+            self.tunnel.stream_failed("dial_failed")  # the agent could not reach its service
         self.state.reset = True
         self._abort_socket()
         self._end(f"reset by peer: {reason or 'no reason given'}", logging.INFO)
@@ -280,4 +285,9 @@ class Stream(asyncio.BufferedProtocol):
             self.peer or "-",
             self.bytes_sent,
             self.bytes_received,
+            extra=self._fields(reason=how),
         )
+
+    def _fields(self, **more: object) -> dict[str, object]:
+        name = self.tunnel.service_id if self.tunnel else getattr(self.owner, "service_id", "?")
+        return fields(name, self.stream_id or None, self.peer, **more)

@@ -11,18 +11,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Awaitable, Callable, Literal
+from typing import Awaitable, Callable, Literal, Protocol
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from .protocol import INITIAL_WINDOW, MAX_STREAM_ID, FrameType, ProtocolError, decode, encode_open, encode_rst
+from .logfields import fields
 from .streams import Stream
 
 log = logging.getLogger("reverse_websockify.tunnel")
 
 Role = Literal["server", "agent"]
 Dialer = Callable[[Stream], Awaitable[None]]
+
+
+class TunnelObserver(Protocol):
+    """What the server counts per service (status page, metrics); the agent has none."""
+
+    def stream_failed(self, reason: str) -> None: ...
+
+    def stream_ready(self, seconds: float) -> None: ...
 
 # How long a closing handshake may take before the socket is simply dropped.
 # Short, because the usual reason to close is a dead link (keepalive timeout),
@@ -46,6 +55,7 @@ class Tunnel:
         window: int = INITIAL_WINDOW,
         max_streams: int = 10000,
         open_timeout: float | None = None,
+        observer: TunnelObserver | None = None,
     ) -> None:
         self.connection = connection
         self.role = role
@@ -54,6 +64,7 @@ class Tunnel:
         self.window = window
         self.max_streams = max_streams
         self.open_timeout = open_timeout
+        self.observer = observer
         self.streams: dict[int, Stream] = {}
         self.highest_id = 0
         self.streams_opened = 0
@@ -81,12 +92,23 @@ class Tunnel:
     def stream_ended(self, stream: Stream) -> None:
         self.streams.pop(stream.stream_id, None)
 
+    def stream_ready(self, stream: Stream) -> None:
+        """The agent reached its service for ``stream`` (OPEN_OK)."""
+        if self.observer is not None:
+            self.observer.stream_ready(asyncio.get_running_loop().time() - stream.accepted_at)
+
+    def stream_failed(self, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.stream_failed(reason)
+
     # -- server side: open a stream for a user's connection ---------------------
 
     def open_stream(self, stream: Stream) -> None:
         if len(self.streams) >= self.max_streams:
-            log.warning("service %s: %d streams open, the limit; refusing user %s", self.service_id, len(self.streams), stream.peer)
+            log.warning("service %s: %d streams open, the limit; refusing user %s", self.service_id,
+                        len(self.streams), stream.peer, extra=fields(self.service_id, peer=stream.peer))
             stream.abort("too many streams", notify_peer=False)
+            self.stream_failed("too_many_streams")
             return
         self.highest_id += 1
         stream_id = self.highest_id
@@ -94,7 +116,8 @@ class Tunnel:
         self.streams[stream_id] = stream
         self.streams_opened += 1
         self.send(encode_open(stream_id, stream.peer))
-        log.info("service %s stream %d: user %s connected", self.service_id, stream_id, stream.peer)
+        log.info("service %s stream %d: user %s connected", self.service_id, stream_id, stream.peer,
+                 extra=fields(self.service_id, stream_id, stream.peer))
         if self.open_timeout:
             stream.open_timer = asyncio.get_running_loop().call_later(
                 self.open_timeout, self._open_expired, stream
@@ -103,6 +126,7 @@ class Tunnel:
 
     def _open_expired(self, stream: Stream) -> None:
         stream.open_timer = None
+        self.stream_failed("open_timeout")
         stream.abort(f"the agent did not connect to its service within {self.open_timeout:g} s", notify_peer=True)
 
     # -- the connection ----------------------------------------------------------
@@ -115,7 +139,8 @@ class Tunnel:
                 self._dispatch(message)
         except ProtocolError as exc:
             self.close_reason = f"protocol error: {exc}"
-            log.warning("service %s: %s; closing the WebSocket (1002)", self.service_id, exc)
+            log.warning("service %s: %s; closing the WebSocket (1002)", self.service_id, exc,
+                        extra=fields(self.service_id, reason=str(exc)))
             self._stop_writing()
             await self.connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120])
         except ConnectionClosed:
@@ -161,7 +186,8 @@ class Tunnel:
             raise ProtocolError(f"OPEN for stream {stream_id}; ids must increase (last was {self.highest_id})")
         self.highest_id = stream_id
         if len(self.streams) >= self.max_streams:
-            log.warning("service %s stream %d: %d streams open, the limit; refusing", self.service_id, stream_id, len(self.streams))
+            log.warning("service %s stream %d: %d streams open, the limit; refusing", self.service_id, stream_id,
+                        len(self.streams), extra=fields(self.service_id, stream_id))
             self.send(encode_rst(stream_id, "too many streams on this agent"))
             return
         stream = Stream(window=self.window)
@@ -169,7 +195,8 @@ class Tunnel:
         stream.peer = ""
         self.streams[stream_id] = stream
         self.streams_opened += 1
-        log.info("service %s stream %d: opened for user %s", self.service_id, stream_id, peer or "?")
+        log.info("service %s stream %d: opened for user %s", self.service_id, stream_id, peer or "?",
+                 extra=fields(self.service_id, stream_id, peer))
         assert self.dialer is not None
         stream.dial_task = asyncio.create_task(self.dialer(stream))
 

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         insecure=args.insecure,
         check_name_ourselves=check_name,
     )
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level, args.log_format, service=config.service_id)
     logging.getLogger("reverse_websockify.agent").info("%s starting", version_text(PROGRAM))
     try:
         asyncio.run(Agent(config).serve_forever())

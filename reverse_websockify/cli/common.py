@@ -11,6 +11,7 @@ import time
 from typing import NoReturn
 
 from .. import __version__
+from ..logfields import FIELD_NAMES
 
 EXIT_USAGE = 2
 
@@ -55,13 +56,32 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for name in FIELD_NAMES:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def configure_logging(level: str, fmt: str) -> None:
+class DefaultService(logging.Filter):
+    """The agent serves one service ID: every line of it carries that ID."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "service", None) is None:
+            record.service = self.service
+        return True
+
+
+def configure_logging(level: str, fmt: str, service: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    if service is not None:
+        handler.addFilter(DefaultService(service))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
