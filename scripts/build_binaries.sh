@@ -45,9 +45,20 @@ if [ "${RW_BUILD_VENV:-1}" != "0" ]; then
         "$PYTHON" -m venv "$VENV"
     fi
     if [ -x "$VENV/bin/python" ]; then PY="$VENV/bin/python"; else PY="$VENV/Scripts/python.exe"; fi
-    "$PY" -m pip install --quiet --disable-pip-version-check -c scripts/build-constraints.txt \
-        pyinstaller websockets platformdirs 'tomli; python_version < "3.11"'
-    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps .
+    # The package with the dependencies pyproject.toml declares, pinned by the constraints file.
+    "$PY" -m pip install --quiet --disable-pip-version-check -c scripts/build-constraints.txt pyinstaller .
+    # A dependency that the constraints file does not pin makes the build depend on the day it ran.
+    "$PY" - <<'PY'
+import re
+from importlib.metadata import distributions
+pinned = {re.split(r"[=<>;\s]", line, 1)[0].lower().replace("_", "-")
+          for line in open("scripts/build-constraints.txt") if line.strip() and not line.startswith("#")}
+ignore = {"pip", "setuptools", "wheel", "reverse-websockify"}
+loose = sorted(d.metadata["Name"] for d in distributions()
+               if d.metadata["Name"].lower().replace("_", "-") not in pinned | ignore)
+if loose:
+    print("WARNING: not pinned in scripts/build-constraints.txt (the build is not reproducible): " + ", ".join(loose))
+PY
 else
     PY="$PYTHON"
 fi

@@ -12,6 +12,9 @@ Every choice here is for the shipped executable:
 - on Linux a run-time hook (hooks/rth_ca_bundle.py) points the bundled OpenSSL at the host's CA
   bundle (SSL_CERT_FILE) unless the user set SSL_CERT_FILE/SSL_CERT_DIR: the build machine's
   compiled-in CA location does not exist on every distribution;
+- on POSIX a run-time hook (hooks/rth_launcher_watch.py) makes the Python process shut down
+  cleanly (SIGTERM to itself) when its launcher dies, e.g. of SIGKILL, instead of living on as an
+  orphan that holds the ports or the tunnel;
 - ``runtime_tmpdir=None``: the bootloader unpacks into ``$TMPDIR`` (then ``$TEMP``, ``$TMP``,
   ``/tmp``) as ``_MEIxxxxxx`` and removes it at exit, SIGTERM included (the bootloader forwards
   the signal to the Python process and cleans up after it). SIGKILL leaves the folder behind:
@@ -44,33 +47,43 @@ if sys.platform != "win32":
     # platformdirs imports its Windows backend (and so ctypes) only on Windows.
     EXCLUDES += ["platformdirs.windows", "ctypes", "_ctypes"]
 
-HIDDEN_IMPORTS = [
-    "websockets.speedups",
-    # Imported inside functions (kept off the --version path); listed so a refactor cannot drop them.
-    "reverse_websockify.config",
-    "reverse_websockify.server",
-    "reverse_websockify.agent",
-    "reverse_websockify.tls",
-    "reverse_websockify.status",
-]
+def hidden_imports(drop: list[str]) -> list[str]:
+    # Every module of the package: most are imported inside functions (kept off the --version
+    # path), and a new one must not be forgotten in the executables.
+    from PyInstaller.utils.hooks import collect_submodules
+
+    modules = collect_submodules("reverse_websockify")
+    if "reverse_websockify.server" not in modules:
+        raise SystemExit("cannot list reverse_websockify's modules: is the package installed in the build env?")
+    kept = [m for m in modules if not any(m == d or m.startswith(d + ".") for d in drop)]
+    return ["websockets.speedups", *kept]
 
 
-def onefile(name: str, entry: str, g: dict) -> None:
-    """Define the Analysis/PYZ/EXE of one executable in the spec's globals ``g``."""
+def onefile(name: str, entry: str, g: dict, drop: list[str] = ()) -> None:
+    """Define the Analysis/PYZ/EXE of one executable in the spec's globals ``g``.
+
+    ``drop``: modules (with their submodules) that this executable never runs, e.g. the server's
+    modules and prometheus_client in the agent; excluded from the analysis.
+    """
+    drop = list(drop)
     Analysis, PYZ, EXE = g["Analysis"], g["PYZ"], g["EXE"]
     root = os.path.dirname(g["SPECPATH"])
     hooks = os.path.join(g["SPECPATH"], "hooks")
-    runtime_hooks = [os.path.join(hooks, "rth_ca_bundle.py")] if sys.platform.startswith("linux") else []
+    runtime_hooks = []
+    if sys.platform.startswith("linux"):
+        runtime_hooks.append(os.path.join(hooks, "rth_ca_bundle.py"))
+    if os.name == "posix":
+        runtime_hooks.append(os.path.join(hooks, "rth_launcher_watch.py"))
     a = Analysis(
         [os.path.join(root, "scripts", entry)],
         pathex=[root],
         binaries=[],
         datas=[],
-        hiddenimports=HIDDEN_IMPORTS,
+        hiddenimports=hidden_imports(drop),
         hookspath=[hooks],
         hooksconfig={},
         runtime_hooks=runtime_hooks,
-        excludes=EXCLUDES,
+        excludes=EXCLUDES + drop,
         noarchive=False,
         optimize=0,
     )

@@ -14,6 +14,9 @@ What is checked here and nowhere else:
 - bytes relay intact through the two binaries;
 - SIGTERM (to the launcher, or to the whole process group as systemd does) ends the server
   with exit code 0 within 5 s, and the folder it unpacked into $TMPDIR is gone;
+- SIGKILL of the launcher does not leave the Python process running as an orphan;
+- the agent trusts the CA bundle named by SSL_CERT_FILE (the bundled OpenSSL's own CA path is the
+  build distribution's);
 - cold start of ``--version`` (median of 5) and size, printed for the README.
 """
 
@@ -261,6 +264,26 @@ def test_sigterm_to_the_whole_process_group_like_systemd(tmp_path: Path) -> None
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
         log.close()
+
+
+def test_sigkill_of_the_launcher_stops_the_python_process(tmp_path: Path) -> None:
+    """SIGKILL cannot be forwarded: the Python process notices its launcher is gone (run-time hook
+    specs/hooks/rth_launcher_watch.py), shuts down and frees its ports instead of living on."""
+    http, user_port = free_port(), free_port()
+    exe = _install(SERVER, tmp_path / "rendezvous", _server_config(http, {"S": user_port}))
+    proc = Process([str(exe)], tmp_path / "server.log", env=_minimal_env(tmp_path), cwd=tmp_path)
+    try:
+        wait_for(lambda: _http_up(http, proc), 20, "server HTTP")
+        (child,) = _children(proc.pid)
+        proc.kill()
+        wait_for(lambda: not Path(f"/proc/{child}").exists()
+                 or Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z",
+                 5, f"the orphaned Python process {child} to exit: {proc.log()}")
+        assert "shutting down" in proc.log()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", user_port))  # released
+    finally:
+        proc.stop()
 
 
 def _status_ok(http: int, proc: subprocess.Popen) -> bool:
