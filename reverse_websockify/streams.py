@@ -251,7 +251,10 @@ class Stream(asyncio.BufferedProtocol):
     def _write_eof(self) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError as exc:  # the peer is already gone (ENOTCONN): that ends this stream only
+                self.abort(f"shutdown failed: {exc.strerror or exc}", notify_peer=True)
 
     def _finish(self) -> None:
         """Both directions sent FIN: close once the write buffer has drained."""

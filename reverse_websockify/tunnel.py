@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Literal, Protocol
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
-from .protocol import INITIAL_WINDOW, MAX_STREAM_ID, FrameType, ProtocolError, decode, encode_open, encode_rst
+from .protocol import HEADER, INITIAL_WINDOW, MAX_STREAM_ID, FrameType, ProtocolError, decode, encode_open, encode_rst
 from .logfields import fields
 from .streams import Stream
 
@@ -149,6 +149,19 @@ class Tunnel:
             self._teardown()
 
     def _dispatch(self, message: bytes | str) -> None:
+        try:
+            self._dispatch_frame(message)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # a bug or an unexpected socket error: lose one stream, not the tunnel
+            stream_id = HEADER.unpack_from(message)[1] if isinstance(message, bytes) and len(message) >= 5 else 0
+            stream = self.streams.get(stream_id)
+            log.exception("service %s stream %d: unexpected error; resetting the stream", self.service_id, stream_id,
+                          extra=fields(self.service_id, stream_id))
+            if stream is not None:
+                stream.abort(f"internal error: {type(exc).__name__}", notify_peer=True)
+
+    def _dispatch_frame(self, message: bytes | str) -> None:
         frame = decode(message)
         kind = frame.type
         stream_id = frame.stream_id

@@ -169,3 +169,24 @@ def test_sigterm_closes_everything_cleanly(deployment: Deployment, echo: EchoSer
     started = time.monotonic()
     assert agent.stop() == 0
     assert time.monotonic() - started < 5
+
+
+def test_users_resetting_mid_stream_never_break_the_tunnel(deployment: Deployment, echo: EchoServer) -> None:
+    """Users that abort (RST) while their stream is half-closed must cost only their own stream."""
+    import struct
+
+    server = deployment.start_server()
+    agent = deployment.start_agent("BUS1", echo.port)
+    for i in range(300):
+        user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
+        user.sendall(b"x" * 5000)
+        user.shutdown(socket.SHUT_WR)  # FIN to the service, which echoes and FINs back
+        if i % 3:
+            time.sleep(0.001)
+        user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        user.close()  # RST while the service's FIN may be in flight
+    payload = b"still here" * 1000
+    assert transfer(deployment.services["BUS1"], payload) == payload
+    assert "tunnel failed" not in server.log() and "Traceback" not in server.log()
+    assert "disconnected" not in agent.log()
+    assert deployment.status()["BUS1"]["streams_opened_total"] == 301
