@@ -114,7 +114,8 @@ def archive_files(executable: Path) -> list[tuple[str, bytes]]:
 
 def check(executable: Path, floor: str | None, requires: list[str], list_toc: bool) -> bool:
     ok = True
-    files = [(f"{executable.name} (bootloader)", executable.read_bytes())]
+    own = executable.read_bytes()
+    files = [(f"{executable.name} (bootloader)", own)] if own[:4] == b"\x7fELF" else []
     bundled = archive_files(executable)
     if list_toc:
         for name, _ in bundled:
@@ -129,6 +130,9 @@ def check(executable: Path, floor: str | None, requires: list[str], list_toc: bo
             ok = False
     files += [(name, data) for name, data in bundled if data[:4] == b"\x7fELF"]
     overall: tuple[str, str] | None = None
+    if not files:  # Mach-O or PE: nothing to say about glibc
+        print(f"{executable}: not an ELF executable; glibc check skipped")
+        return ok
     print(f"{executable}: {len(files)} ELF files (newest GLIBC symbol version each needs)")
     for name, data in files:
         try:
