@@ -17,9 +17,11 @@ Every choice here is for the shipped executable:
   orphan that holds the ports or the tunnel;
 - ``runtime_tmpdir=None``: the bootloader unpacks into ``$TMPDIR`` (then ``$TEMP``, ``$TMP``,
   ``/tmp``) as ``_MEIxxxxxx`` and removes it at exit, SIGTERM included (the bootloader forwards
-  the signal to the Python process and cleans up after it). SIGKILL leaves the folder behind:
-  point TMPDIR at a tmpfs that is wiped (systemd ``PrivateTmp=yes`` / ``RuntimeDirectory=``;
-  compose ``tmpfs: /tmp``), and at one that is not mounted ``noexec``.
+  the signal to the Python process and cleans up after it). SIGKILL of the launcher leaves the
+  folder behind: point TMPDIR at a place that is not mounted ``noexec`` and gets cleaned (the
+  systemd units use ``CacheDirectory=`` + an ``ExecStartPre`` that removes stale ``_MEI*``; /run is
+  noexec on Debian/Ubuntu; compose mounts ``tmpfs: /tmp:exec``). A fixed ``runtime_tmpdir`` is not
+  used: it would pin one path for every host, and TMPDIR already lets each deployment choose.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ EXCLUDES = [
 if sys.platform != "win32":
     # platformdirs imports its Windows backend (and so ctypes) only on Windows.
     EXCLUDES += ["platformdirs.windows", "ctypes", "_ctypes"]
+
 
 def hidden_imports(drop: list[str]) -> list[str]:
     # Every module of the package: most are imported inside functions (kept off the --version
