@@ -208,8 +208,9 @@ def _response(code: HTTPStatus, body: bytes | str, content_type: str = "text/pla
 
 
 class RendezvousServer:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, started_as: str = "") -> None:
         self.config = config
+        self.started_as = started_as
         self.services: dict[str, Service] = {sid: Service(sc, config) for sid, sc in config.services.items()}
         self.http: Server | None = None
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
@@ -243,7 +244,8 @@ class RendezvousServer:
         except BaseException:
             self._close_listeners()
             raise
-        log.info("HTTP on %s%s; %d services: %s", self.config.http, " (TLS)" if self.config.tls else "",
+        log.info("%s: HTTP on %s%s; %d services: %s", self.started_as or "started", self.config.http,
+                 " (TLS)" if self.config.tls else "",
                  len(self.services), ", ".join(f"{s.service_id} on {s.config.listen}" for s in self.services.values()))
 
     async def _listen(self, service: Service) -> None:

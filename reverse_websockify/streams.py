@@ -19,6 +19,7 @@ from .protocol import (
     INITIAL_WINDOW,
     MAX_DATA,
     FrameType,
+    encode_data,
     encode_fin,
     encode_open_ok,
     encode_rst,
@@ -38,6 +39,7 @@ log = logging.getLogger("reverse_websockify.stream")
 _READ_BUFFER = bytearray(HEADER_SIZE + MAX_DATA)
 _READ_VIEW = memoryview(_READ_BUFFER)
 _DATA = int(FrameType.DATA)
+READ_AHEAD = 64 * 1024  # the most one read may take while a stream cannot send
 
 
 class StreamOwner(Protocol):
@@ -64,6 +66,8 @@ class Stream(asyncio.BufferedProtocol):
         self.open_timer: asyncio.TimerHandle | None = None  # server: OPEN_OK must come in time
         self._pending: list[bytes | memoryview] = []  # DATA that arrived before the dial finished
         self._pending_fin = False
+        self._unsent = bytearray()  # read from the socket while we could not send it yet
+        self._eof_unsent = False  # the socket's EOF came after _unsent; FIN follows it
         self._writing_paused = False
         self._held = 0  # delivered to the transport while it was above its high-water mark
         self._ended = False
@@ -80,10 +84,18 @@ class Stream(asyncio.BufferedProtocol):
         return f"service {name} stream {self.stream_id}"
 
     def start_reading(self) -> None:
+        """Send what was read ahead (see buffer_updated), then read the socket while there is credit."""
         transport, state = self.transport, self.state
         if transport is None or state is None or state.fin_sent or state.reset or transport.is_closing():
             return
-        if state.send_credit > 0:
+        if self._unsent:
+            self._send_unsent()
+        if self._unsent or state.send_credit == 0:
+            return
+        if self._eof_unsent:
+            self._eof_unsent = False
+            self._send_fin()
+        else:
             transport.resume_reading()
 
     # -- asyncio callbacks: the TCP side ---------------------------------------
@@ -118,13 +130,20 @@ class Stream(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         state = self.state
-        size = min(state.send_credit, MAX_DATA) if state is not None else 0
-        # Reading is paused at zero credit; 1 byte keeps asyncio happy if a read races that.
-        return _READ_VIEW[HEADER_SIZE : HEADER_SIZE + max(size, 1)]
+        credit = state.send_credit if state is not None and self.tunnel is not None and not self._unsent else 0
+        # Normally the buffer is exactly the credit left, so a read can never overrun it. A read
+        # while we cannot send (no tunnel yet, no credit: uvloop may finish a read it started
+        # before pause_reading) is kept in _unsent, bounded by READ_AHEAD.
+        size = min(credit, MAX_DATA) if credit > 0 else READ_AHEAD
+        return _READ_VIEW[HEADER_SIZE : HEADER_SIZE + size]
 
     def buffer_updated(self, nbytes: int) -> None:
         state, tunnel, transport = self.state, self.tunnel, self.transport
-        assert state is not None and tunnel is not None and transport is not None
+        assert transport is not None
+        if state is None or tunnel is None or self._unsent or nbytes > state.send_credit:
+            self._unsent += _READ_VIEW[HEADER_SIZE : HEADER_SIZE + nbytes]
+            transport.pause_reading()
+            return
         state.spend(nbytes)
         HEADER.pack_into(_READ_BUFFER, 0, _DATA, self.stream_id)
         tunnel.send(bytes(_READ_VIEW[: HEADER_SIZE + nbytes]))
@@ -133,16 +152,36 @@ class Stream(asyncio.BufferedProtocol):
         if state.send_credit == 0:
             transport.pause_reading()
 
+    def _send_unsent(self) -> None:
+        state, tunnel = self.state, self.tunnel
+        assert state is not None and tunnel is not None
+        unsent = self._unsent
+        while unsent and state.send_credit > 0:
+            size = min(len(unsent), state.send_credit, MAX_DATA)
+            state.spend(size)
+            tunnel.send(encode_data(self.stream_id, bytes(unsent[:size])))
+            del unsent[:size]
+            self.bytes_sent += size
+            tunnel.count_sent(size)
+
     def eof_received(self) -> bool:
         state, tunnel = self.state, self.tunnel
-        if state is None or tunnel is None or state.reset:
+        if state is not None and state.reset:
             return False
+        if state is None or tunnel is None or self._unsent:
+            self._eof_unsent = True  # FIN goes out after the bytes read ahead of it
+            return True
+        self._send_fin()
+        return True  # keep the socket open for the other direction (half-close)
+
+    def _send_fin(self) -> None:
+        state, tunnel = self.state, self.tunnel
+        assert state is not None and tunnel is not None
         state.send_fin()
         tunnel.send(encode_fin(self.stream_id))
         log.debug("%s: local side finished sending (FIN)", self.describe())
         if state.finished:
             self._finish()
-        return True  # keep the socket open for the other direction (half-close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.owner is not None and self.tunnel is None:
@@ -194,7 +233,7 @@ class Stream(asyncio.BufferedProtocol):
         assert state is not None
         was_empty = state.send_credit == 0
         state.granted(increment)
-        if was_empty:
+        if was_empty or self._unsent:
             self.start_reading()
 
     def on_fin(self) -> None:

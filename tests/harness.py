@@ -27,11 +27,18 @@ SERVER_NAME = "reverse_websockify_server"
 AGENT_NAME = "reverse_websockify_agent_service_side"
 
 
+EVENT_LOOP = os.environ.get("RW_EVENT_LOOP")  # "asyncio" or "uvloop": run both programs on that loop
+
+
 def command(name: str) -> list[str]:
     if BIN_DIR:
-        return [str(Path(BIN_DIR).resolve() / name)]
-    module = "server" if name == SERVER_NAME else "agent"
-    return [sys.executable, "-m", f"reverse_websockify.cli.{module}"]
+        args = [str(Path(BIN_DIR).resolve() / name)]
+    else:
+        module = "server" if name == SERVER_NAME else "agent"
+        args = [sys.executable, "-m", f"reverse_websockify.cli.{module}"]
+    if EVENT_LOOP:
+        args.append(f"--event-loop={EVENT_LOOP}")
+    return args
 
 
 def free_port() -> int:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .common import OneLineParser, add_logging_flags, configure_logging, fail, version_text
+from .common import (
+    OneLineParser,
+    add_event_loop_flag,
+    add_logging_flags,
+    configure_logging,
+    fail,
+    loop_name,
+    run_event_loop,
+    version_text,
+)
 
 PROGRAM = "reverse_websockify_agent_service_side"
 TOKEN_ENV = "REVERSE_WEBSOCKIFY_TOKEN"
@@ -46,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="declare the link dead without a pong within (10)")
     flag("max-backoff", type=float, default=30.0, metavar="SECONDS", help="longest wait between reconnects (30)")
     flag("version", action="store_true", help="print the version and exit")
+    add_event_loop_flag(parser)
     add_logging_flags(parser)
     return parser
 
@@ -126,9 +135,13 @@ def main(argv: list[str] | None = None) -> None:
         check_name_ourselves=check_name,
     )
     configure_logging(args.log_level, args.log_format, service=config.service_id)
-    logging.getLogger("reverse_websockify.agent").info("%s starting", version_text(PROGRAM))
+
+    async def serve() -> None:
+        logging.getLogger("reverse_websockify.agent").info("%s starting on %s", version_text(PROGRAM), loop_name())
+        await Agent(config).serve_forever()
+
     try:
-        asyncio.run(Agent(config).serve_forever())
+        run_event_loop(serve, args.event_loop)
     except KeyboardInterrupt:  # pragma: no cover
         pass
 

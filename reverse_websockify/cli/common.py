@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import platform
 import sys
 import time
-from typing import NoReturn
+from typing import Any, Callable, Coroutine, NoReturn
 
 from .. import __version__
 from ..logfields import FIELD_NAMES
@@ -39,6 +40,31 @@ def version_text(program: str) -> str:
         ws_version = "?"
     return (f"{program} {__version__}{frozen}; Python {platform.python_version()}, "
             f"websockets {ws_version}")
+
+
+def add_event_loop_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--event-loop", "-event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
+                        help="auto (default): uvloop when installed, which relays connections faster; else asyncio")
+
+
+def run_event_loop(main: Callable[[], Coroutine[Any, Any, None]], choice: str) -> str:
+    """Run ``main()`` on the chosen event loop; return its name (for the start-up log line)."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                fail("--event-loop=uvloop: uvloop is not installed (pip install uvloop)")
+        else:
+            uvloop.run(main())
+            return "uvloop"
+    asyncio.run(main())
+    return "asyncio"
+
+
+def loop_name() -> str:
+    """The running loop's kind, for the start-up log line."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
 def add_logging_flags(parser: argparse.ArgumentParser) -> None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
-from .common import OneLineParser, add_logging_flags, configure_logging, fail, version_text
+from .common import (
+    OneLineParser,
+    add_event_loop_flag,
+    add_logging_flags,
+    configure_logging,
+    fail,
+    loop_name,
+    run_event_loop,
+    version_text,
+)
 
 PROGRAM = "reverse_websockify_server"
 
@@ -42,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
     parser.add_argument("--example-config", action="store_true", help="print an example config.toml and exit")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    add_event_loop_flag(parser)
     add_logging_flags(parser)
     args = parser.parse_args(argv)
     if args.version:
@@ -73,10 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     from ..tls import TlsSetupError
 
     async def serve() -> None:
-        await RendezvousServer(config).serve_forever()
+        await RendezvousServer(config, started_as=f"{version_text(PROGRAM)} on {loop_name()}").serve_forever()
 
     try:
-        asyncio.run(serve())
+        run_event_loop(serve, args.event_loop)
     except (StartupError, TlsSetupError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:  # pragma: no cover

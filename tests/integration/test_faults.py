@@ -114,13 +114,27 @@ def test_user_waits_for_agent_then_is_closed(deployment: Deployment, echo: EchoS
     with socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) as user:
         took = _closed_within(user, 5)
     assert 1.2 < took < 3.5
-    # An agent arriving during the wait gets the waiting user.
+
+
+def test_agent_arriving_during_the_wait_gets_the_waiting_user(deployment: Deployment, echo: EchoServer) -> None:
+    deployment.extra_config = "agent_wait_seconds = 15"
+    deployment.start_server()
     user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
     user.sendall(b"early bird")
+    half_closer = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
+    half_closer.sendall(b"request, then FIN")
+    half_closer.shutdown(socket.SHUT_WR)  # while no agent is there: the FIN must wait behind the bytes
+    time.sleep(0.3)
     deployment.start_agent("BUS1", echo.port)
     user.settimeout(5)
     assert user.recv(100) == b"early bird"
     user.close()
+    half_closer.settimeout(5)
+    received = b""
+    while chunk := half_closer.recv(100):
+        received += chunk
+    assert received == b"request, then FIN"
+    half_closer.close()
 
 
 def test_no_wait_closes_user_at_once(deployment: Deployment) -> None:
