@@ -22,6 +22,7 @@ from tests.reliability.helpers import (
     read_until_closed,
     rss_kib,
     sha,
+    free_ports,
     still_open,
 )
 
@@ -151,3 +152,151 @@ def test_20000_short_connections_leak_no_fds_or_memory(deployment: Deployment, s
            f"{after['server_rss'] / 1024:.1f} MiB, agent {before['agent_rss'] / 1024:.1f} → "
            f"{after['agent_rss'] / 1024:.1f} MiB (after a {warmup:,}-connection warm-up)",
            rate=total / took, seconds=took, before=before, after=after)
+
+
+@pytest.mark.heavy
+def test_500_idle_agents_memory_and_cpu(tmp_path, service: Service, figure: Figure) -> None:
+    """500 services, each with an attached agent: 10 real agent processes and 490 in-test fake agents.
+
+    A real agent process takes about 25 MB, so 500 of them do not fit a 2-core test machine. The
+    fake agents speak the real handshake (subprotocol reverse-websockify.v1, User-Agent, no
+    compression) with the websockets library, answer and send pings like a real agent (8 s / 10 s),
+    and otherwise idle, which is what the server sees of an idle agent.
+    """
+    total, real = 500, 10
+    ports = free_ports(total + 1)
+    services = {f"BUS{i:03d}": ports[i] for i in range(total)}
+    deployment = Deployment(tmp=tmp_path, services=services, http_port=ports[total])
+    loop = LoopThread("fake-agents")
+    fakes: list = []
+    try:
+        server = deployment.start_server()
+        time.sleep(1.0)
+        base_rss, base_fds = rss_kib(server.pid), fd_count(server.pid)
+        ids = list(services)
+        started = time.monotonic()
+        agents = [deployment.start_agent(sid, service.port, wait=False) for sid in ids[:real]]
+
+        async def attach_fakes() -> list:
+            gate = asyncio.Semaphore(50)
+
+            async def one(sid: str):
+                async with gate:
+                    return await fake_agent(deployment.url(sid), ping_interval=8, ping_timeout=10)
+
+            return list(await asyncio.gather(*(one(sid) for sid in ids[real:])))
+
+        fakes = loop.run(attach_fakes(), 120)
+        wait_for(lambda: sum(s["connected"] for s in deployment.status().values()) == total, 60,
+                 f"{total} agents attached")
+        attach_time = time.monotonic() - started
+        time.sleep(3.0)  # let start-up garbage settle
+        gc.collect()
+        rss, fds = rss_kib(server.pid), fd_count(server.pid)
+        per_agent_kib = (rss - base_rss) / total
+        cpu0, agent_cpu0, t0 = cpu_seconds(server.pid), cpu_seconds(agents[0].pid), time.monotonic()
+        time.sleep(10.0)
+        cpu1, agent_cpu1, t1 = cpu_seconds(server.pid), cpu_seconds(agents[0].pid), time.monotonic()
+        server_cpu = 100 * (cpu1 - cpu0) / (t1 - t0)
+        agent_cpu = 100 * (agent_cpu1 - agent_cpu0) / (t1 - t0)
+        agent_rss = rss_kib(agents[0].pid)
+
+        status_started = time.monotonic()
+        snapshot = deployment.status()
+        status_time = time.monotonic() - status_started
+        assert all(s["connected"] for s in snapshot.values())
+        assert all(ws.state.name == "OPEN" for ws in fakes)  # nobody was dropped by keepalive
+        # Real traffic through one of the real agents while the 500 are attached.
+        payload = os.urandom(4 << 20)
+
+        async def echo() -> bytes:
+            return await _exchange(services[ids[0]], payload)
+
+        assert sha(asyncio.run(echo())) == sha(payload)
+        assert per_agent_kib < 200, per_agent_kib
+        assert server_cpu < 10, server_cpu
+        figure(f"{total} idle agents on one server ({real} real agent processes + {total - real} fake)",
+               "memory per idle agent and CPU while idle, measured",
+               f"server RSS {base_rss / 1024:.0f} → {rss / 1024:.0f} MiB: {per_agent_kib:.0f} KiB per idle agent "
+               f"(fds {base_fds} → {fds}); server CPU while idle {server_cpu:.1f} % of one core (pings every 8 s); "
+               f"all attached in {attach_time:.1f} s; status page for {total} services in {status_time * 1000:.0f} ms; "
+               f"one agent process: RSS {agent_rss / 1024:.0f} MiB, idle CPU {agent_cpu:.2f} %",
+               per_agent_kib=per_agent_kib, server_cpu_percent=server_cpu, base_rss_kib=base_rss, rss_kib=rss,
+               fds=fds, attach_seconds=attach_time, status_seconds=status_time, agent_rss_kib=agent_rss,
+               agent_cpu_percent=agent_cpu)
+    finally:
+        async def close_fakes() -> None:
+            await asyncio.gather(*(ws.close() for ws in fakes), return_exceptions=True)
+
+        try:
+            loop.run(close_fakes(), 30)
+        except Exception:  # noqa: BLE001 — teardown
+            pass
+        loop.stop()
+        deployment.stop()
+
+
+def test_max_streams_per_agent_and_pending_opens(deployment: Deployment, service: Service, figure: Figure) -> None:
+    limit = 5
+    deployment.services["SILENT"] = free_port()
+    deployment.extra_config = f"max_streams_per_agent = {limit}\nopen_timeout_seconds = 3"
+    deployment.write_config()
+    server = deployment.start_server()
+    deployment.start_agent("BUS1", service.port)
+    port = deployment.services["BUS1"]
+
+    # Established streams.
+    users = [socket.create_connection(("127.0.0.1", port)) for _ in range(limit)]
+    for user in users:
+        user.sendall(b"hi")
+        user.settimeout(5)
+        assert user.recv(2) == b"hi"
+    extra = socket.create_connection(("127.0.0.1", port))
+    extra.sendall(b"let me in")
+    took, seen, data = read_until_closed(extra, 5)
+    extra.close()
+    assert data == b"" and took < 1, (took, data)
+    line = f"service BUS1: {limit} streams open, the limit; refusing user"
+    server.wait_log(line)
+    for user in users:  # the others are untouched
+        user.sendall(b"still")
+        assert user.recv(5) == b"still"
+    users.pop().close()
+    wait_for(lambda: deployment.status()["BUS1"]["client_connection_count"] == limit - 1, 5, "one stream to end")
+    again = socket.create_connection(("127.0.0.1", port))
+    again.sendall(b"now?")
+    again.settimeout(5)
+    assert again.recv(4) == b"now?"
+    again.close()
+    for user in users:
+        user.close()
+
+    # Pending opens (OPEN sent, no OPEN_OK yet) count against the same limit.
+    async def pending() -> tuple[float, float]:
+        ws = await fake_agent(deployment.url("SILENT"))
+        loop = asyncio.get_running_loop()
+        waiting = [socket.create_connection(("127.0.0.1", deployment.services["SILENT"])) for _ in range(limit)]
+        for _ in range(limit):
+            assert decode(await asyncio.wait_for(ws.recv(), 5)).type is FrameType.OPEN
+        over = socket.create_connection(("127.0.0.1", deployment.services["SILENT"]))
+        took, _, _ = await loop.run_in_executor(None, read_until_closed, over, 5)
+        over.close()
+        started = time.monotonic()
+        for user in waiting:
+            await loop.run_in_executor(None, read_until_closed, user, 10)
+            user.close()
+        expired = time.monotonic() - started
+        await ws.close()
+        return took, expired
+
+    refused_pending, expired = asyncio.run(pending())
+    assert refused_pending < 1
+    assert 2 < expired < 3 + 1.5
+    assert server.log().count("streams open, the limit; refusing user") == 2
+    figure("max_streams_per_agent reached",
+           "further users are closed at once, with a log line; pending opens count too",
+           f"limit {limit}: user {limit + 1} closed ({seen}, no data) after {took * 1000:.0f} ms; server logs "
+           f"'{line} 127.0.0.1:…'; the {limit} open streams carry on, a new user gets in once one ends; "
+           f"with {limit} opens pending (agent silent) the next user is closed after {refused_pending * 1000:.0f} ms "
+           f"and the pending ones after open_timeout_seconds (3 s here)",
+           refused_after=took, refused_pending_after=refused_pending)
