@@ -59,6 +59,7 @@ class Stream(asyncio.BufferedProtocol):
         self.stream_id = 0
         self.state: StreamState | None = None
         self.peer = ""
+        self.user = ""  # agent: the user's address as the server reported it in OPEN
         self.bytes_sent = 0  # TCP -> tunnel
         self.bytes_received = 0  # tunnel -> TCP
         self.dial_task: asyncio.Task[None] | None = None
@@ -117,7 +118,7 @@ class Stream(asyncio.BufferedProtocol):
             transport.abort()
             return
         tunnel.send(encode_open_ok(self.stream_id))
-        log.info("%s: connected to %s", self.describe(), self.peer, extra=self._fields())
+        log.info("%s: user %s connected to %s", self.describe(), self.user or "?", self.peer, extra=self._fields())
         pending, self._pending = self._pending, []
         for payload in pending:
             self._write(payload)

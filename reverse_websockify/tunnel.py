@@ -15,6 +15,7 @@ from typing import Awaitable, Callable, Literal, Protocol
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from .protocol import HEADER, INITIAL_WINDOW, MAX_STREAM_ID, FrameType, ProtocolError, decode, encode_open, encode_rst
 from .logfields import fields
@@ -208,24 +209,42 @@ class Tunnel:
         stream.peer = ""
         self.streams[stream_id] = stream
         self.streams_opened += 1
-        log.info("service %s stream %d: opened for user %s", self.service_id, stream_id, peer or "?",
-                 extra=fields(self.service_id, stream_id, peer))
+        stream.user = peer
         assert self.dialer is not None
         stream.dial_task = asyncio.create_task(self.dialer(stream))
 
     async def _write_loop(self) -> None:
-        outbox, wakeup, send = self._outbox, self._wakeup, self.connection.send
+        """Drain the outbox: everything queued since the last wake-up goes out in one write.
+
+        Under load many streams queue small frames (OPEN, WINDOW, FIN, short DATA) in
+        one event-loop turn; framing them all and handing them to the transport at
+        once saves a send() system call and websockets' per-message bookkeeping each.
+        This uses websockets' sans-I/O protocol object under its asyncio connection
+        (send_binary / data_to_send / drain, stable across websockets 13-17); the
+        public send() remains the path while the connection is closing.
+        """
+        outbox, wakeup, connection = self._outbox, self._wakeup, self.connection
+        protocol = connection.protocol
         try:
             while True:
-                while outbox:
-                    await send(outbox.popleft())
-                wakeup.clear()
                 if not outbox:
+                    wakeup.clear()
                     await wakeup.wait()
+                    continue
+                if protocol.state is not State.OPEN:
+                    await connection.send(outbox.popleft())  # raises ConnectionClosed
+                    continue
+                while outbox:
+                    protocol.send_binary(outbox.popleft())
+                data = protocol.data_to_send()
+                transport = connection.transport
+                if len(data) == 1:
+                    transport.write(data[0])
+                else:
+                    transport.writelines(data)  # scatter-gather on uvloop and Python 3.12+
+                await connection.drain()
         except ConnectionClosed:
             pass
-        except asyncio.CancelledError:
-            raise
 
     def _stop_writing(self) -> None:
         self.closed = True
