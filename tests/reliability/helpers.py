@@ -8,6 +8,7 @@ import hashlib
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,6 @@ def rss_kib(pid: int) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def established(port: int) -> int:
-    """TCP connections in state ESTABLISHED with ``port`` as local or remote port (from /proc/net/tcp)."""
-    count = 0
-    hexport = f"{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        parts = line.split()
-        local, remote, state = parts[1], parts[2], parts[3]
-        if state == "01" and (local.endswith(":" + hexport) or remote.endswith(":" + hexport)):
-            count += 1
-    return count
 
 
 def free_ports(count: int) -> list[int]:
@@ -360,8 +349,6 @@ class Exchange:
 
     def __init__(self, port: int, payload: bytes, *, chunk: int = 64 * 1024, pace: float = 0.0,
                  timeout: float = 60.0) -> None:
-        import threading
-
         self.payload = payload
         self.received = bytearray()
         self.outcome = "running"

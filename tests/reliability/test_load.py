@@ -23,7 +23,6 @@ from tests.reliability.helpers import (
     rss_kib,
     sha,
     free_ports,
-    still_open,
 )
 
 
