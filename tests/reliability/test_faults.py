@@ -519,9 +519,6 @@ def test_agent_that_never_answers_open(deployment: Deployment, figure: Figure, o
            user_closed=took, open_timeout=expected)
 
 
-@pytest.mark.xfail(strict=True, reason="an aborted stream reaches the user as a clean EOF (FIN), not a reset: "
-                   "Stream._abort_socket() calls transport.abort() without SO_LINGER 0, so a truncated download "
-                   "looks complete to the user")
 def test_abort_mid_download_reaches_the_user_as_a_reset(deployment: Deployment, figure: Figure) -> None:
     """A user who only reads cannot tell a cut-short download from a complete one unless it sees a reset.
 

@@ -320,6 +320,15 @@ def test_hostile_server_cannot_crash_the_agent(deployment: Deployment, service: 
             await ws.wait_closed()
             return
         name, messages, _ = case
+
+        async def drain() -> None:  # read what the agent sends, so that its close frame is seen
+            try:
+                async for _ in ws:
+                    pass
+            except ConnectionClosed:
+                pass
+
+        reader = asyncio.create_task(drain())
         try:
             for message in messages:
                 await ws.send(message)
@@ -328,6 +337,7 @@ def test_hostile_server_cannot_crash_the_agent(deployment: Deployment, service: 
         try:
             await asyncio.wait_for(ws.wait_closed(), 10)
         finally:
+            reader.cancel()
             results.append((name, ws.close_code, ws.close_reason or ""))
 
     async def start() -> object:

@@ -301,9 +301,6 @@ def test_max_streams_per_agent_and_pending_opens(deployment: Deployment, service
            refused_after=took, refused_pending_after=refused_pending)
 
 
-@pytest.mark.xfail(strict=True, reason="users waiting for an agent are not limited: Service.stream_connected() in "
-                   "server.py holds every user in Service.waiting for agent_wait_seconds, however many arrive; "
-                   "max_streams_per_agent is applied only when an agent attaches (Tunnel.open_stream)")
 def test_users_waiting_for_an_agent_are_limited(deployment: Deployment, figure: Figure) -> None:
     """Pending opens while no agent is attached count against max_streams_per_agent too.
 
