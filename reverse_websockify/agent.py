@@ -22,6 +22,7 @@ from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
 
 from . import __version__
 from .protocol import INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
+from .fdlimit import raise_soft_limit
 from .logfields import fields
 from .streams import Stream
 from .tls import is_ip, name_mismatch
@@ -207,6 +208,7 @@ class Agent:
     async def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT: then close the tunnel with 1001 (or stop connecting) and return."""
         loop = asyncio.get_running_loop()
+        raise_soft_limit()  # one descriptor per stream: do not stop at a distribution's 1024
         runner = asyncio.ensure_future(self.run_forever())
 
         def on_signal() -> None:

@@ -29,6 +29,7 @@ from . import __version__, status
 from .config import ConfigError, ServerConfig, ServiceConfig, load
 from .protocol import AGENT_PATH_PREFIX, INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
 from .streams import Stream
+from .fdlimit import FdWatch, raise_soft_limit
 from .latency import LatencyHistogram
 from .logfields import fields
 from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, Tunnel
@@ -86,6 +87,14 @@ class Service:
             self.tunnel.open_stream(stream)
             return
         wait = self.server_config.agent_wait
+        limit = self.server_config.max_streams_per_agent
+        if len(self.waiting) >= limit:
+            log.warning("service %s: %d users already wait for an agent, the limit (max_streams_per_agent); "
+                        "refusing user %s", self.service_id, limit, stream.peer,
+                        extra=fields(self.service_id, peer=stream.peer, reason="too many waiting"))
+            self.stream_failed("too_many_streams")
+            stream.abort("too many users waiting", notify_peer=False)
+            return
         if wait <= 0:
             log.info("service %s: no agent attached; closing user %s", self.service_id, stream.peer,
                      extra=fields(self.service_id, peer=stream.peer, reason="no agent"))
@@ -350,8 +359,12 @@ class RendezvousServer:
             loop.add_signal_handler(signal.SIGHUP, on_hangup)
         except (AttributeError, NotImplementedError, RuntimeError):  # pragma: no cover (Windows)
             pass
+        soft, hard = raise_soft_limit()
+        watch = FdWatch(soft)
+        watch.start()
         await self.start()
         await self._stopping.wait()
+        watch.stop()
         log.info("shutting down")
         try:
             await self.stop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from typing import TYPE_CHECKING, Protocol, cast
 
 from .protocol import (
@@ -39,6 +41,7 @@ log = logging.getLogger("reverse_websockify.stream")
 _READ_BUFFER = bytearray(HEADER_SIZE + MAX_DATA)
 _READ_VIEW = memoryview(_READ_BUFFER)
 _DATA = int(FrameType.DATA)
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST instead of FIN
 READ_AHEAD = 64 * 1024  # the most one read may take while a stream cannot send
 
 
@@ -308,10 +311,18 @@ class Stream(asyncio.BufferedProtocol):
             self.open_timer = None
 
     def _abort_socket(self) -> None:
+        """Close the socket with a TCP reset, so that a cut-short stream never looks complete."""
         if self.dial_task is not None and not self.dial_task.done():
             self.dial_task.cancel()
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            transport.abort()
 
     def _end(self, how: str, level: int) -> None:
         if self._ended:

@@ -399,10 +399,6 @@ def test_connection_flood_beyond_the_fd_limit(deployment: Deployment, service: S
            recovered=recovered, accept_errors=errors, flood_seconds=released - flood_started)
 
 
-@pytest.mark.xfail(strict=True, reason="running out of file descriptors is not logged clearly: on uvloop, connections "
-                   "beyond the limit are accepted and closed at once by libuv without any log line; on plain asyncio "
-                   "BaseSelectorEventLoop._accept_connection logs 'socket.accept() out of system resource' with a "
-                   "traceback for every backlog slot, tens of thousands of lines per second")
 def test_running_out_of_fds_is_logged_once_in_a_while(deployment: Deployment, figure: Figure) -> None:
     deployment.services["OFFLINE"] = free_port()
     deployment.extra_config = "agent_wait_seconds = 3"
