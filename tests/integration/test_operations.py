@@ -50,7 +50,8 @@ def test_metrics_count_real_traffic(deployment: Deployment, echo: EchoServer) ->
         assert sha256(transfer(deployment.services["BUS1"], payload)) == sha256(payload)
     for _ in range(2):
         with socket.create_connection(("127.0.0.1", deployment.services["DOWN"]), timeout=5) as user:
-            assert user.recv(10) == b""
+            with pytest.raises(ConnectionResetError):  # like a refused connection: a reset, not a clean EOF
+                user.recv(10)
     wait_for(lambda: deployment.status()["BUS1"]["client_connection_count"] == 0, 5, "streams to end")
     m = _metrics(deployment)
     bus = (("service", "BUS1"),)
