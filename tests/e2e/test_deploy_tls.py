@@ -56,12 +56,12 @@ def nginx_factory(tmp_path: Path) -> Iterator:
 def _no_relay(deployment: Deployment) -> None:
     """A user connection finds no agent: it is closed, nothing relayed."""
     assert not deployment.status()["BUS1"]["connected"]
-    with socket.create_connection(("127.0.0.1", deployment.services["BUS1"]), timeout=5) as user:
-        try:
+    try:
+        with socket.create_connection(("127.0.0.1", deployment.services["BUS1"]), timeout=5) as user:
             user.sendall(b"hello?")
             assert user.recv(10) == b""
-        except (ConnectionResetError, BrokenPipeError):  # the server resets it: nothing relayed
-            pass
+    except (ConnectionResetError, BrokenPipeError):  # the server resets it, maybe before connect() returns
+        pass
 
 
 @pytest.mark.parametrize("cn,host,extra", [

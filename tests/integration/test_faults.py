@@ -140,8 +140,13 @@ def test_agent_arriving_during_the_wait_gets_the_waiting_user(deployment: Deploy
 def test_no_wait_closes_user_at_once(deployment: Deployment) -> None:
     deployment.extra_config = "agent_wait_seconds = 0"
     deployment.start_server()
-    with socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) as user:
-        assert _closed_within(user, 3) < 1
+    started = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) as user:
+            _closed_within(user, 3)
+    except ConnectionResetError:  # reset so fast that connect() itself saw it
+        pass
+    assert time.monotonic() - started < 1
 
 
 def test_keepalive_detects_frozen_agent_and_frozen_server(deployment: Deployment, echo: EchoServer) -> None:
