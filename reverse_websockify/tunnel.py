@@ -263,7 +263,10 @@ class Tunnel:
         self._stop_writing()
         if not self.close_reason:
             code = self.connection.close_code
-            if code is None or code == 1006:
+            sent = getattr(self.connection.protocol, "close_sent", None)
+            if (code is None or code == 1006) and sent is not None and sent.reason:
+                self.close_reason = f"{sent.reason} (code {sent.code})"  # e.g. "keepalive ping timeout"
+            elif code is None or code == 1006:
                 self.close_reason = "connection lost (no close frame)"
             else:
                 self.close_reason = f"closed with code {code} {self.connection.close_reason}".strip()
