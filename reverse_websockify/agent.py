@@ -26,6 +26,7 @@ from .fdlimit import raise_soft_limit
 from .logfields import fields
 from .streams import Stream
 from .tls import is_ip, name_mismatch
+from .signals import STOP_SIGNALS
 from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, Tunnel
 
 log = logging.getLogger("reverse_websockify.agent")
@@ -219,7 +220,7 @@ class Agent:
                 self._stopping.set()
                 runner.cancel()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             try:
                 loop.add_signal_handler(sig, on_signal)
             except (NotImplementedError, RuntimeError):  # pragma: no cover

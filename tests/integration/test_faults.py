@@ -209,3 +209,14 @@ def test_users_resetting_mid_stream_never_break_the_tunnel(deployment: Deploymen
     assert "tunnel failed" not in server.log() and "Traceback" not in server.log()
     assert "disconnected" not in agent.log()
     assert deployment.status()["BUS1"]["streams_opened_total"] == 301
+
+
+def test_sigquit_stops_cleanly_like_sigterm(deployment: Deployment, echo: EchoServer) -> None:
+    """docker stop in the stock nginx image (the reference compose file) sends SIGQUIT."""
+    server = deployment.start_server()
+    agent = deployment.start_agent("BUS1", echo.port)
+    server.signal(signal.SIGQUIT)
+    assert server.proc.wait(5) == 0
+    agent.wait_log("1001")
+    agent.signal(signal.SIGQUIT)
+    assert agent.proc.wait(5) == 0
