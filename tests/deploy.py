@@ -38,12 +38,12 @@ def make_client_cert(directory: Path, ca_dir: Path) -> Path:
 class Nginx:
     """The shipped nginx.conf, with /tls/ pointed at test certificates and ports made free."""
 
-    def __init__(self, tmp: Path, tls_dir: Path, upstream_port: int) -> None:
+    def __init__(self, tmp: Path, tls_dir: Path, upstream_port: int, site_conf: Path | None = None) -> None:
         self.tmp = tmp / "nginx"
         self.tmp.mkdir(exist_ok=True)
         self.https_port = free_port()
         self.http_port = free_port()
-        site = (PACKAGING / "rendezvous" / "nginx.conf").read_text()
+        site = (site_conf or PACKAGING / "rendezvous" / "nginx.conf").read_text()
         site = site.replace("/tls/", f"{tls_dir}/")
         site = re.sub(r"listen 443 ssl default_server;", f"listen 127.0.0.1:{self.https_port} ssl default_server;", site)
         site = re.sub(r"listen 80;", f"listen 127.0.0.1:{self.http_port};", site)

@@ -43,8 +43,8 @@ def _agent_tls_flags(agent_dir: Path, *, client: bool = True) -> list[str]:
 def nginx_factory(tmp_path: Path) -> Iterator:
     started: list[Nginx] = []
 
-    def start(tls_dir: Path, upstream: int) -> Nginx:
-        n = Nginx(tmp_path, tls_dir, upstream)
+    def start(tls_dir: Path, upstream: int, site_conf: Path | None = None) -> Nginx:
+        n = Nginx(tmp_path, tls_dir, upstream, site_conf)
         started.append(n)
         return n
 
@@ -246,3 +246,19 @@ def test_server_terminates_tls_with_client_ca(tmp_path: Path, deployment: Deploy
                                      wait=False)
     refused.wait_log("it may require a client certificate")
     _no_relay(deployment)
+
+
+def test_original_readme_nginx_conf_verbatim(tmp_path: Path, deployment: Deployment, echo: EchoServer,
+                                             nginx_factory) -> None:
+    """Users upgrading from the Go original keep their nginx.conf: it must work unchanged."""
+    tls_dir, agent_dir = _pki(tmp_path, "127.0.0.1")
+    deployment.start_server()
+    nginx = nginx_factory(tls_dir, deployment.http_port, Path(__file__).with_name("original-nginx.conf"))
+    url = f"wss://127.0.0.1:{nginx.https_port}/forward_to_me/BUS1"
+    deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir), url=url)
+    payload = os.urandom(MIB16)
+    assert sha256(transfer(deployment.services["BUS1"], payload)) == sha256(payload)
+    with urllib.request.urlopen(f"http://127.0.0.1:{nginx.http_port}/", timeout=5) as response:
+        status = json.loads(response.read())["BUS1"]
+    assert status["connected"] is True and status["bytes_to_service"] == MIB16
+    assert status["agent_address"] == "127.0.0.1"  # the original conf sets X-Real-Ip too
