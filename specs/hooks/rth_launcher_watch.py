@@ -20,6 +20,10 @@ def _pyi_watch_launcher():
         return
 
     def wait_for_launcher():
+        # Never take a process-directed signal for the main thread (it would only be handled
+        # later, when the main thread next runs Python code).
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             fd = os.pidfd_open(launcher)
         except (AttributeError, OSError):
