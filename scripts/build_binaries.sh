@@ -11,8 +11,9 @@
 #
 # Environment:
 #   PYTHON=python3.12   the interpreter to build with (default: python3). It must have a shared
-#                       libpython (Py_ENABLE_SHARED=1: pyenv's, Debian's, python.org's; NOT the
-#                       static manylinux ones). Its glibc sets the binaries' glibc floor.
+#                       libpython (distribution packages, python.org, setup-python, pyenv with
+#                       --enable-shared; NOT the static manylinux ones). The glibc it was built
+#                       against sets the binaries' glibc floor (scripts/check_glibc.py).
 #   RW_BUILD_VENV=0     use $PYTHON's own environment instead of build/venv (it must already have
 #                       PyInstaller; nothing is installed).
 #   SOURCE_DATE_EPOCH   defaults to the last commit's time, for reproducible archives.
@@ -31,13 +32,6 @@ export SOURCE_DATE_EPOCH
 # No user site-packages or PYTHONPATH leaking into what gets bundled.
 export PYTHONNOUSERSITE=1
 unset PYTHONPATH || true
-
-"$PYTHON" - <<'PY'
-import sys, sysconfig
-if sys.platform.startswith("linux") and not sysconfig.get_config_var("Py_ENABLE_SHARED"):
-    sys.exit(f"{sys.executable}: this Python has no shared libpython (Py_ENABLE_SHARED=0); "
-             "PyInstaller needs one. Use a --enable-shared build (see .github/workflows/release.yml).")
-PY
 
 if [ "${RW_BUILD_VENV:-1}" != "0" ]; then
     VENV="$ROOT/build/venv"
@@ -63,6 +57,11 @@ else
     PY="$PYTHON"
 fi
 
+# PyInstaller bundles the interpreter's shared library: a Python without one (the static builds
+# of the manylinux images, some conda/uv builds) cannot make an executable.
+"$PY" -c 'from PyInstaller.depend.bindepend import get_python_library_path as p; print("libpython:", p())' || {
+    echo "$PYTHON has no shared libpython; use one built with --enable-shared (pyenv with" \
+         "PYTHON_CONFIGURE_OPTS=--enable-shared, Debian/RHEL packages, python.org, setup-python)" >&2; exit 1; }
 "$PY" -c 'import websockets.speedups' || {
     echo "websockets is installed without its C speedups; install a binary wheel" >&2; exit 1; }
 
