@@ -79,8 +79,23 @@ class Process:
         wait_for(lambda: text in self.log(), timeout, f"{text!r} in {self.log_path.name}:\n{self.log()[-3000:]}")
         return self.log()
 
+    def children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
+            if BIN_DIR and sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+                # A single-file executable is a launcher with the program as its child; these
+                # signals cannot be forwarded by the launcher, so they go to the child as well.
+                for child in self.children():
+                    try:
+                        os.kill(child, sig)
+                    except ProcessLookupError:
+                        pass
             self.proc.send_signal(sig)
 
     def kill(self) -> None:
