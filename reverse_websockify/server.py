@@ -33,7 +33,7 @@ from .fdlimit import FdWatch, raise_soft_limit
 from .latency import LatencyHistogram
 from .logfields import fields
 from .signals import STOP_SIGNALS
-from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, Tunnel
+from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, DirectServerConnection, Tunnel
 
 log = logging.getLogger("reverse_websockify.server")
 
@@ -250,6 +250,7 @@ class RendezvousServer:
                 server_header=f"reverse_websockify/{__version__}",
                 ssl=self._ssl_context(),
                 reuse_address=True,
+                create_connection=DirectServerConnection,
             ))
         except BaseException:
             self._close_listeners()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 from .protocol import (
@@ -66,7 +67,7 @@ class Stream(asyncio.BufferedProtocol):
         self.bytes_sent = 0  # TCP -> tunnel
         self.bytes_received = 0  # tunnel -> TCP
         self.dial_task: asyncio.Task[None] | None = None
-        self.accepted_at = 0.0  # loop time the socket connected (server: the user's accept)
+        self.accepted_at = 0.0  # time.monotonic() when the socket connected (server: the user's accept)
         self.open_timer: asyncio.TimerHandle | None = None  # server: OPEN_OK must come in time
         self._pending: list[bytes | memoryview] = []  # DATA that arrived before the dial finished
         self._pending_fin = False
@@ -107,7 +108,7 @@ class Stream(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.transport = transport
-        self.accepted_at = asyncio.get_running_loop().time()
+        self.accepted_at = time.monotonic()  # not the loop's time: get_running_loop() costs a getpid()
         transport.pause_reading()  # until a tunnel has credit for us
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")

@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Awaitable, Callable, Literal, Protocol
+import time
+from typing import Awaitable, Callable, Literal, Protocol, Union
 
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from .protocol import HEADER, INITIAL_WINDOW, MAX_STREAM_ID, FrameType, ProtocolError, decode, encode_open, encode_rst
@@ -45,6 +49,72 @@ CLOSE_REPLACED = 4000  # a newer agent for the same ID took over
 CLOSE_TOO_MANY_STREAMS = 4001
 
 
+Message = Union[bytes, bytearray, memoryview, str]
+_BINARY, _TEXT, _CONT = Opcode.BINARY, Opcode.TEXT, Opcode.CONT
+
+
+class DirectDelivery:
+    """Mixin for websockets' asyncio connections: each message goes to the tunnel at once.
+
+    websockets' own path queues every message in an Assembler and wakes the
+    reader task with a future per message, one event-loop turn each. Here the
+    messages parsed from one read are dispatched inside that read's callback
+    (the tunnel never awaits per frame, and credit bounds what a stream
+    buffers, so the Assembler's queue adds nothing). Measured on 2 cores
+    (uvloop, ab -c32 through the tunnel): 8 % less CPU per connection, server
+    and agent together; bulk unchanged within the noise.
+    Messages that arrive before a tunnel takes the connection are held.
+    Control frames, the handshake and closing stay websockets' own.
+    """
+
+    _sink: Callable[[Message], None] | None = None
+    _held: list[Message] | None = None
+    _fragments: list[bytes | bytearray] | None = None
+    _fragmented_text = False
+
+    def deliver_to(self, sink: Callable[[Message], None]) -> None:
+        held, self._held = self._held, None
+        self._sink = sink
+        for message in held or ():
+            sink(message)
+
+    def process_event(self, event: object) -> None:
+        if type(event) is not Frame or event.opcode not in (_BINARY, _TEXT, _CONT):
+            super().process_event(event)  # type: ignore[misc]
+            return
+        opcode = event.opcode
+        if opcode is _CONT:  # the websockets protocol object checks the fragment sequence
+            assert self._fragments is not None
+            self._fragments.append(event.data)
+            if not event.fin:
+                return
+            data: Message = b"".join(self._fragments)
+            self._fragments = None
+            if self._fragmented_text:
+                data = ""
+        elif not event.fin:
+            self._fragments = [event.data]
+            self._fragmented_text = opcode is _TEXT
+            return
+        else:
+            data = event.data if opcode is _BINARY else ""  # text: protocol.decode refuses any str
+        sink = self._sink
+        if sink is not None:
+            sink(data)
+        elif self._held is None:
+            self._held = [data]
+        else:
+            self._held.append(data)
+
+
+class DirectServerConnection(DirectDelivery, ServerConnection):
+    pass
+
+
+class DirectClientConnection(DirectDelivery, ClientConnection):
+    pass
+
+
 class Tunnel:
     def __init__(
         self,
@@ -66,6 +136,7 @@ class Tunnel:
         self.max_streams = max_streams
         self.open_timeout = open_timeout
         self.observer = observer
+        self.loop = asyncio.get_running_loop()  # kept: every get_running_loop() is a getpid() call
         self.streams: dict[int, Stream] = {}
         self.highest_id = 0
         self.streams_opened = 0
@@ -96,7 +167,7 @@ class Tunnel:
     def stream_ready(self, stream: Stream) -> None:
         """The agent reached its service for ``stream`` (OPEN_OK)."""
         if self.observer is not None:
-            self.observer.stream_ready(asyncio.get_running_loop().time() - stream.accepted_at)
+            self.observer.stream_ready(time.monotonic() - stream.accepted_at)
 
     def stream_failed(self, reason: str) -> None:
         if self.observer is not None:
@@ -120,7 +191,7 @@ class Tunnel:
         log.info("service %s stream %d: user %s connected", self.service_id, stream_id, stream.peer,
                  extra=fields(self.service_id, stream_id, stream.peer))
         if self.open_timeout:
-            stream.open_timer = asyncio.get_running_loop().call_later(
+            stream.open_timer = self.loop.call_later(
                 self.open_timeout, self._open_expired, stream
             )
         stream.start_reading()  # DATA may follow OPEN at once, within the window
@@ -136,33 +207,66 @@ class Tunnel:
         """Serve the tunnel until the WebSocket closes; then end every stream."""
         self._writer = asyncio.create_task(self._write_loop())
         try:
-            async for message in self.connection:
-                self._dispatch(message)
+            if isinstance(self.connection, DirectDelivery):
+                await self._run_direct(self.connection)
+            else:
+                async for message in self.connection:
+                    self._dispatch(message)
         except ProtocolError as exc:
             self.close_reason = f"protocol error: {exc}"
             log.warning("service %s: %s; closing the WebSocket (1002)", self.service_id, exc,
                         extra=fields(self.service_id, reason=str(exc)))
             self._stop_writing()
-            await self.connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120])
+            closing = asyncio.ensure_future(self.connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120]))
+            await asyncio.sleep(0)  # the close frame is queued: now read the peer's answer again
+            transport = self.connection.transport
+            if transport is not None and not transport.is_closing() and isinstance(self.connection, DirectDelivery):
+                transport.resume_reading()
+            await closing
         except ConnectionClosed:
             pass
         finally:
             self._teardown()
 
-    def _dispatch(self, message: bytes | str) -> None:
+    async def _run_direct(self, connection: DirectDelivery) -> None:
+        """Messages are dispatched by the connection's read callback; wait for the end or a protocol error."""
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[ProtocolError] = loop.create_future()
+
+        def deliver(message: Message) -> None:
+            if failed.done():
+                return  # the WebSocket is being closed for a protocol error: ignore the rest
+            try:
+                self._dispatch(message)
+            except ProtocolError as exc:
+                failed.set_result(exc)
+                transport = self.connection.transport
+                if transport is not None and not transport.is_closing():
+                    transport.pause_reading()  # read no more until the close frame is on its way (run)
+
+        connection.deliver_to(deliver)
+        closed = asyncio.ensure_future(self.connection.wait_closed())
+        try:
+            await asyncio.wait((failed, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if failed.done():
+            raise failed.result()
+
+    def _dispatch(self, message: Message) -> None:
         try:
             self._dispatch_frame(message)
         except ProtocolError:
             raise
         except Exception as exc:  # a bug or an unexpected socket error: lose one stream, not the tunnel
-            stream_id = HEADER.unpack_from(message)[1] if isinstance(message, bytes) and len(message) >= 5 else 0
+            stream_id = HEADER.unpack_from(message)[1] if not isinstance(message, str) and len(message) >= 5 else 0
             stream = self.streams.get(stream_id)
             log.exception("service %s stream %d: unexpected error; resetting the stream", self.service_id, stream_id,
                           extra=fields(self.service_id, stream_id))
             if stream is not None:
                 stream.abort(f"internal error: {type(exc).__name__}", notify_peer=True)
 
-    def _dispatch_frame(self, message: bytes | str) -> None:
+    def _dispatch_frame(self, message: Message) -> None:
         frame = decode(message)
         kind = frame.type
         stream_id = frame.stream_id
@@ -211,7 +315,7 @@ class Tunnel:
         self.streams_opened += 1
         stream.user = peer
         assert self.dialer is not None
-        stream.dial_task = asyncio.create_task(self.dialer(stream))
+        stream.dial_task = self.loop.create_task(self.dialer(stream))
 
     async def _write_loop(self) -> None:
         """Drain the outbox: everything queued since the last wake-up goes out in one write.
