@@ -11,7 +11,6 @@ import logging
 import os
 import random
 import re
-import signal
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from .fdlimit import raise_soft_limit
 from .logfields import fields
 from .streams import Stream
 from .tls import is_ip, name_mismatch
-from .signals import STOP_SIGNALS
+from .signals import on_stop_signals
 from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, DirectClientConnection, Tunnel
 
 log = logging.getLogger("reverse_websockify.agent")
@@ -233,11 +232,7 @@ class Agent:
                 self._stopping.set()
                 runner.cancel()
 
-        for sig in STOP_SIGNALS:
-            try:
-                loop.add_signal_handler(sig, on_signal)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover
-                pass
+        on_stop_signals(loop, on_signal)
         try:
             await runner
         except asyncio.CancelledError:

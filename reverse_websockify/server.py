@@ -32,7 +32,7 @@ from .streams import Stream
 from .fdlimit import FdWatch, raise_soft_limit
 from .latency import LatencyHistogram
 from .logfields import fields
-from .signals import STOP_SIGNALS
+from .signals import on_stop_signals
 from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, DirectServerConnection, Tunnel
 
 log = logging.getLogger("reverse_websockify.server")
@@ -344,11 +344,7 @@ class RendezvousServer:
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            try:
-                loop.add_signal_handler(sig, self._stopping.set)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover (Windows)
-                pass
+        on_stop_signals(loop, self._stopping.set)
         reloading: set[asyncio.Task[None]] = set()
 
         def on_hangup() -> None:
