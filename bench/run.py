@@ -74,6 +74,7 @@ class Settings:
     binaries: Path | None
     log_level: str | None
     only: set[str]
+    event_loop: str | None = None
 
     @property
     def mode(self) -> str:
@@ -103,6 +104,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--agents", type=int, metavar="N", help="idle agents attached at once (default 200; 50 with --quick)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="passed to server and agents (default: theirs, INFO)")
+    p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"],
+                   help="passed to server and agents (default: theirs, auto = uvloop when installed)")
     p.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of: {', '.join(GROUPS)}")
     p.add_argument("--strict", action="store_true",
                    help="also exit 1 when the server/agent logs hold an ERROR or traceback, or a tunnel broke")
@@ -128,6 +131,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         binaries=a.binaries.resolve() if a.binaries else None,
         log_level=a.log_level,
         only=only,
+        event_loop=a.event_loop,
     )
     if s.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -447,7 +451,10 @@ class Rendezvous:
         wait_for(self._http_up, 30, f"{name} server to answer /healthz")
 
     def _log_flags(self) -> list[str]:
-        return [f"--log-level={self.settings.log_level}"] if self.settings.log_level else []
+        flags = [f"--log-level={self.settings.log_level}"] if self.settings.log_level else []
+        if self.settings.event_loop:
+            flags.append(f"--event-loop={self.settings.event_loop}")
+        return flags
 
     def _http_up(self) -> bool:
         if not self.server.alive():
@@ -709,7 +716,8 @@ class Results:
             "",
             f"- machine: {h.get('cores')} cores ({h.get('cpu')}), Linux {h.get('kernel')}, "
             f"load average at start {h.get('loadavg_start')}",
-            f"- programs: {h.get('mode')}: {h.get('program_version')}",
+            f"- programs: {h.get('mode')}: {h.get('program_version')}; event loop: "
+            f"{h.get('event_loop') or 'default (auto)'}",
             f"- Python {h.get('python')}, websockets {h.get('websockets')}; git {h.get('git')}",
             f"- tools: {h.get('tools')}",
             f"- {self.settings.repeat} repetition(s){' (--quick)' if self.settings.quick else ''}; "
@@ -1139,6 +1147,7 @@ def header(settings: Settings) -> dict[str, Any]:
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "mode": "binaries" if settings.binaries else "package",
         "binaries": str(settings.binaries) if settings.binaries else None,
+        "event_loop": settings.event_loop,
         "bench_python": platform.python_version(),
     }
     try:

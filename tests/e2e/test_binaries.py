@@ -275,7 +275,8 @@ def test_sigkill_of_the_launcher_stops_the_python_process(tmp_path: Path) -> Non
     try:
         wait_for(lambda: _http_up(http, proc), 20, "server HTTP")
         (child,) = _children(proc.pid)
-        proc.kill()
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher only (Process.kill() would kill the child too)
+        proc.proc.wait(10)
         wait_for(lambda: not Path(f"/proc/{child}").exists()
                  or Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z",
                  5, f"the orphaned Python process {child} to exit: {proc.log()}")
