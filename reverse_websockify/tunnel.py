@@ -15,7 +15,6 @@ import time
 from typing import Awaitable, Callable, Literal, Protocol, Union
 
 from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
@@ -118,7 +117,7 @@ class DirectClientConnection(DirectDelivery, ClientConnection):
 class Tunnel:
     def __init__(
         self,
-        connection: Connection,
+        connection: DirectServerConnection | DirectClientConnection,
         *,
         role: Role,
         service_id: str,
@@ -207,11 +206,7 @@ class Tunnel:
         """Serve the tunnel until the WebSocket closes; then end every stream."""
         self._writer = asyncio.create_task(self._write_loop())
         try:
-            if isinstance(self.connection, DirectDelivery):
-                await self._run_direct(self.connection)
-            else:
-                async for message in self.connection:
-                    self._dispatch(message)
+            await self._run_direct()
         except ProtocolError as exc:
             self.close_reason = f"protocol error: {exc}"
             log.warning("service %s: %s; closing the WebSocket (1002)", self.service_id, exc,
@@ -220,7 +215,7 @@ class Tunnel:
             closing = asyncio.ensure_future(self.connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120]))
             await asyncio.sleep(0)  # the close frame is queued: now read the peer's answer again
             transport = self.connection.transport
-            if transport is not None and not transport.is_closing() and isinstance(self.connection, DirectDelivery):
+            if transport is not None and not transport.is_closing():
                 transport.resume_reading()
             await closing
         except ConnectionClosed:
@@ -228,7 +223,7 @@ class Tunnel:
         finally:
             self._teardown()
 
-    async def _run_direct(self, connection: DirectDelivery) -> None:
+    async def _run_direct(self) -> None:
         """Messages are dispatched by the connection's read callback; wait for the end or a protocol error."""
         loop = asyncio.get_running_loop()
         failed: asyncio.Future[ProtocolError] = loop.create_future()
@@ -244,7 +239,7 @@ class Tunnel:
                 if transport is not None and not transport.is_closing():
                     transport.pause_reading()  # read no more until the close frame is on its way (run)
 
-        connection.deliver_to(deliver)
+        self.connection.deliver_to(deliver)
         closed = asyncio.ensure_future(self.connection.wait_closed())
         try:
             await asyncio.wait((failed, closed), return_when=asyncio.FIRST_COMPLETED)
