@@ -211,7 +211,8 @@ class Agent:
             self.tunnel = None
         duration = time.monotonic() - started
         log.warning("disconnected after %.1f s: %s", duration, tunnel.close_reason,
-                    extra=fields(cfg.service_id, reason=tunnel.close_reason, duration_seconds=round(duration, 3)))
+                    extra=fields(cfg.service_id, reason=tunnel.close_reason, close_code=tunnel.close_code,
+                                 duration_seconds=round(duration, 3)))
 
     async def stop(self) -> None:
         self._stopping.set()

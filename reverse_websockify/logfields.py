@@ -20,4 +20,4 @@ def fields(service: str, stream: int | None = None, peer: str | None = None, **m
     return extra
 
 
-FIELD_NAMES = ("service", "stream", "peer", "reason", "duration_seconds", "agent_version")
+FIELD_NAMES = ("service", "stream", "peer", "reason", "failure", "close_code", "duration_seconds", "agent_version")

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .reasons import StreamFailure
 
 if TYPE_CHECKING:
     from .server import Service
@@ -52,8 +53,8 @@ class ServiceCollector(Collector):
             relayed.add_metric([sid, "to_service"], snap["bytes_to_service"])
             relayed.add_metric([sid, "from_service"], snap["bytes_from_service"])
             opened.add_metric([sid], snap["streams_opened_total"])
-            for reason in ("no_agent", "dial_failed", "open_timeout", "too_many_streams"):
-                failed.add_metric([sid, reason], service.streams_failed.get(reason, 0))
+            for reason in StreamFailure:
+                failed.add_metric([sid, reason.value], service.streams_failed.get(reason, 0))
             connects.add_metric([sid], service.agent_connects)
             disconnects.add_metric([sid], service.agent_disconnects)
             online.add_metric([sid], 1 if snap["connected"] else 0)

@@ -31,6 +31,7 @@ from .protocol import AGENT_PATH_PREFIX, INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCO
 from .streams import Stream
 from .fdlimit import FdWatch, raise_soft_limit
 from .latency import LatencyHistogram
+from .reasons import StreamFailure
 from .logfields import fields
 from .signals import on_stop_signals
 from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, DirectServerConnection, Tunnel
@@ -70,12 +71,12 @@ class Service:
         self._streams_opened = 0
         self.agent_connects = 0
         self.agent_disconnects = 0
-        self.streams_failed: collections.Counter[str] = collections.Counter()
+        self.streams_failed: collections.Counter[StreamFailure] = collections.Counter()
         self.open_latency = LatencyHistogram()
 
     # -- TunnelObserver --------------------------------------------------------------
 
-    def stream_failed(self, reason: str) -> None:
+    def stream_failed(self, reason: StreamFailure) -> None:
         self.streams_failed[reason] += 1
 
     def stream_ready(self, seconds: float) -> None:
@@ -92,14 +93,16 @@ class Service:
         if len(self.waiting) >= limit:
             log.warning("service %s: %d users already wait for an agent, the limit (max_streams_per_agent); "
                         "refusing user %s", self.service_id, limit, stream.peer,
-                        extra=fields(self.service_id, peer=stream.peer, reason="too many waiting"))
-            self.stream_failed("too_many_streams")
+                        extra=fields(self.service_id, peer=stream.peer, reason="too many waiting",
+                                     failure=StreamFailure.TOO_MANY_STREAMS.value))
+            self.stream_failed(StreamFailure.TOO_MANY_STREAMS)
             stream.abort("too many users waiting", notify_peer=False)
             return
         if wait <= 0:
             log.info("service %s: no agent attached; closing user %s", self.service_id, stream.peer,
-                     extra=fields(self.service_id, peer=stream.peer, reason="no agent"))
-            self.stream_failed("no_agent")
+                     extra=fields(self.service_id, peer=stream.peer, reason="no agent",
+                                  failure=StreamFailure.NO_AGENT.value))
+            self.stream_failed(StreamFailure.NO_AGENT)
             stream.abort("no agent attached", notify_peer=False)
             return
         log.info("service %s: no agent attached; user %s waits up to %g s", self.service_id, stream.peer, wait,
@@ -116,8 +119,9 @@ class Service:
         if self.waiting.pop(stream, None) is not None:
             log.info("service %s: no agent came within %g s; closing user %s",
                      self.service_id, self.server_config.agent_wait, stream.peer,
-                     extra=fields(self.service_id, peer=stream.peer, reason="no agent"))
-            self.stream_failed("no_agent")
+                     extra=fields(self.service_id, peer=stream.peer, reason="no agent",
+                                  failure=StreamFailure.NO_AGENT.value))
+            self.stream_failed(StreamFailure.NO_AGENT)
             stream.abort("no agent attached", notify_peer=False)
 
     # -- agents ------------------------------------------------------------------------
@@ -155,7 +159,7 @@ class Service:
             log.info("service %s: agent %s disconnected after %.1f s: %s", self.service_id,
                      self.agent_address, duration, tunnel.close_reason,
                      extra=fields(self.service_id, peer=self.agent_address, reason=tunnel.close_reason,
-                                  duration_seconds=round(duration, 3)))
+                                  close_code=tunnel.close_code, duration_seconds=round(duration, 3)))
 
     async def shut_down(self, reason: str) -> None:
         """Stop listening, close waiting users and the agent (1001)."""
@@ -198,7 +202,7 @@ class Service:
             "connected_for_seconds": round(time.monotonic() - self.connected_at, 1) if live else None,
             "disconnected_since": (datetime.fromtimestamp(self.disconnected_at, timezone.utc).isoformat(
                 timespec="seconds").replace("+00:00", "Z") if not live and self.disconnected_at else None),
-            "streams_failed": dict(self.streams_failed),
+            "streams_failed": {reason.value: n for reason, n in self.streams_failed.items()},
         }
 
 

@@ -29,6 +29,7 @@ from .protocol import (
     encode_window,
 )
 from .logfields import fields
+from .reasons import StreamFailure
 from .stream_state import StreamState
 
 if TYPE_CHECKING:
@@ -254,13 +255,15 @@ class Stream(asyncio.BufferedProtocol):
 
     def on_rst(self, reason: str) -> None:
         assert self.state is not None
+        failure = None
         if self.owner is not None and not self.state.open_confirmed and self.tunnel is not None:
-            self.tunnel.stream_failed("dial_failed")  # the agent could not reach its service
+            failure = StreamFailure.DIAL_FAILED  # the agent could not reach its service
+            self.tunnel.stream_failed(failure)
         self.state.reset = True
         self._abort_socket()
-        self._end(f"reset by peer: {reason or 'no reason given'}", logging.INFO)
+        self._end(f"reset by peer: {reason or 'no reason given'}", logging.INFO, failure)
 
-    def abort(self, reason: str, *, notify_peer: bool) -> None:
+    def abort(self, reason: str, *, notify_peer: bool, failure: StreamFailure | None = None) -> None:
         """End the stream from this side (tunnel gone, dial failed, timeout)."""
         state, tunnel = self.state, self.tunnel
         if state is None or self._ended:
@@ -270,7 +273,7 @@ class Stream(asyncio.BufferedProtocol):
         if notify_peer and tunnel is not None:
             tunnel.send(encode_rst(self.stream_id, reason))
         self._abort_socket()
-        self._end(reason, logging.WARNING if notify_peer else logging.INFO)
+        self._end(reason, logging.WARNING if notify_peer else logging.INFO, failure)
 
     # -- internals ---------------------------------------------------------------
 
@@ -325,7 +328,7 @@ class Stream(asyncio.BufferedProtocol):
                     pass
             transport.abort()
 
-    def _end(self, how: str, level: int) -> None:
+    def _end(self, how: str, level: int, failure: StreamFailure | None = None) -> None:
         if self._ended:
             return
         self._ended = True
@@ -340,7 +343,7 @@ class Stream(asyncio.BufferedProtocol):
             self.peer or "-",
             self.bytes_sent,
             self.bytes_received,
-            extra=self._fields(reason=how),
+            extra=self._fields(reason=how, failure=failure.value if failure else None),
         )
 
     def _fields(self, **more: object) -> dict[str, object]:

@@ -22,6 +22,7 @@ from websockets.protocol import State
 
 from .protocol import HEADER, INITIAL_WINDOW, MAX_STREAM_ID, FrameType, ProtocolError, decode, encode_open, encode_rst
 from .logfields import fields
+from .reasons import StreamFailure
 from .streams import Stream
 
 log = logging.getLogger("reverse_websockify.tunnel")
@@ -33,7 +34,7 @@ Dialer = Callable[[Stream], Awaitable[None]]
 class TunnelObserver(Protocol):
     """What the server counts per service (status page, metrics); the agent has none."""
 
-    def stream_failed(self, reason: str) -> None: ...
+    def stream_failed(self, reason: StreamFailure) -> None: ...
 
     def stream_ready(self, seconds: float) -> None: ...
 
@@ -143,6 +144,7 @@ class Tunnel:
         self.bytes_received = 0  # payload bytes we received as DATA
         self.closed = False
         self.close_reason = ""
+        self.close_code: int | None = None  # the WebSocket close code that ended the tunnel (logs)
         self._outbox: collections.deque[bytes] = collections.deque()
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -168,7 +170,7 @@ class Tunnel:
         if self.observer is not None:
             self.observer.stream_ready(time.monotonic() - stream.accepted_at)
 
-    def stream_failed(self, reason: str) -> None:
+    def stream_failed(self, reason: StreamFailure) -> None:
         if self.observer is not None:
             self.observer.stream_failed(reason)
 
@@ -177,9 +179,10 @@ class Tunnel:
     def open_stream(self, stream: Stream) -> None:
         if len(self.streams) >= self.max_streams:
             log.warning("service %s: %d streams open, the limit; refusing user %s", self.service_id,
-                        len(self.streams), stream.peer, extra=fields(self.service_id, peer=stream.peer))
+                        len(self.streams), stream.peer, extra=fields(self.service_id, peer=stream.peer,
+                        failure=StreamFailure.TOO_MANY_STREAMS.value))
             stream.abort("too many streams", notify_peer=False)
-            self.stream_failed("too_many_streams")
+            self.stream_failed(StreamFailure.TOO_MANY_STREAMS)
             return
         self.highest_id += 1
         stream_id = self.highest_id
@@ -197,8 +200,9 @@ class Tunnel:
 
     def _open_expired(self, stream: Stream) -> None:
         stream.open_timer = None
-        self.stream_failed("open_timeout")
-        stream.abort(f"the agent did not connect to its service within {self.open_timeout:g} s", notify_peer=True)
+        self.stream_failed(StreamFailure.OPEN_TIMEOUT)
+        stream.abort(f"the agent did not connect to its service within {self.open_timeout:g} s", notify_peer=True,
+                     failure=StreamFailure.OPEN_TIMEOUT)
 
     # -- the connection ----------------------------------------------------------
 
@@ -209,8 +213,9 @@ class Tunnel:
             await self._run_direct()
         except ProtocolError as exc:
             self.close_reason = f"protocol error: {exc}"
+            self.close_code = CLOSE_PROTOCOL_ERROR
             log.warning("service %s: %s; closing the WebSocket (1002)", self.service_id, exc,
-                        extra=fields(self.service_id, reason=str(exc)))
+                        extra=fields(self.service_id, reason=str(exc), close_code=CLOSE_PROTOCOL_ERROR))
             self._stop_writing()
             closing = asyncio.ensure_future(self.connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120]))
             await asyncio.sleep(0)  # the close frame is queued: now read the peer's answer again
@@ -354,6 +359,7 @@ class Tunnel:
     async def close(self, code: int, reason: str) -> None:
         """Close from our side (replaced by a newer agent, shutdown)."""
         self.close_reason = reason
+        self.close_code = code
         self._stop_writing()
         self._teardown()
         await self.connection.close(code, reason)
@@ -363,6 +369,7 @@ class Tunnel:
         if not self.close_reason:
             code = self.connection.close_code
             sent = getattr(self.connection.protocol, "close_sent", None)
+            self.close_code = sent.code if (code is None or code == 1006) and sent is not None else code
             if (code is None or code == 1006) and sent is not None and sent.reason:
                 self.close_reason = f"{sent.reason} (code {sent.code})"  # e.g. "keepalive ping timeout"
             elif code is None or code == 1006:
