@@ -5,12 +5,14 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import Deployment, EchoServer, free_port
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port
+from tests.support.services import Service
 
 
 @pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    server = EchoServer()
+def echo() -> Iterator[Service]:
+    server = Service()
     yield server
     server.close()
 

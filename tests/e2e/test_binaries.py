@@ -37,7 +37,13 @@ from pathlib import Path
 import pytest
 
 from reverse_websockify import __version__
-from tests.harness import AGENT_NAME, SERVER_NAME, EchoServer, Process, free_port, sha256, transfer, wait_for
+from tests.support.clients import sha256, transfer
+from tests.support.ports import free_port
+from tests.support.probes import children
+from tests.support.processes import Process
+from tests.support.programs import AGENT_NAME, SERVER_NAME
+from tests.support.services import Service
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("RW_BIN_DIR") or ROOT / "dist").resolve()
@@ -105,14 +111,6 @@ def _mei_dirs(tmpdir: Path) -> list[str]:
     return sorted(p.name for p in tmpdir.iterdir() if p.name.startswith("_MEI"))
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
-
-
 def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                           **kwargs)  # type: ignore[call-overload]
@@ -169,7 +167,7 @@ def test_running_server_has_loaded_the_speedups(tmp_path: Path) -> None:
     proc = Process([str(exe)], tmp_path / "server.log", env=_minimal_env(tmp_path), cwd=tmp_path / "rendezvous")
     try:
         wait_for(lambda: _http_up(http, proc), 20, "server HTTP")
-        pids = [proc.pid] + _children(proc.pid)
+        pids = [proc.pid] + children(proc.pid)
         maps = "".join(Path(f"/proc/{pid}/maps").read_text() for pid in pids if Path(f"/proc/{pid}/maps").exists())
         assert "websockets/speedups" in maps, "websockets' C speedups are not loaded by the frozen server"
     finally:
@@ -199,7 +197,7 @@ def test_minimal_environment_relay_default_config_and_clean_sigterm(tmp_path: Pa
     assert str(build_python.parent) not in env["PATH"]
     assert shutil.which("python3", path=env["PATH"]) is None and shutil.which("python", path=env["PATH"]) is None
 
-    echo = EchoServer()
+    echo = Service()
     server = Process([str(server_exe)], tmp_path / "server.log", env=env, cwd=elsewhere)
     agent = None
     try:
@@ -245,7 +243,7 @@ def test_sigterm_to_the_whole_process_group_like_systemd(tmp_path: Path) -> None
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: _status_ok(http, proc), 20, "server HTTP")
-        assert _children(proc.pid), "a one-file launcher runs Python in a child process"
+        assert children(proc.pid), "a one-file launcher runs Python in a child process"
         os.killpg(proc.pid, signal.SIGTERM)
         code = proc.wait(5)
         log_text = (tmp_path / "server.log").read_text()
@@ -274,7 +272,7 @@ def test_sigkill_of_the_launcher_stops_the_python_process(tmp_path: Path) -> Non
     proc = Process([str(exe)], tmp_path / "server.log", env=_minimal_env(tmp_path), cwd=tmp_path)
     try:
         wait_for(lambda: _http_up(http, proc), 20, "server HTTP")
-        (child,) = _children(proc.pid)
+        (child,) = children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)  # the launcher only (Process.kill() would kill the child too)
         proc.proc.wait(10)
         wait_for(lambda: not Path(f"/proc/{child}").exists()
@@ -316,7 +314,7 @@ def test_agent_trusts_the_ca_bundle_named_by_ssl_cert_file(tmp_path: Path) -> No
     agent_exe = _install(AGENT, tmp_path / "agent")
     env = _minimal_env(tmp_path)
     server = Process([str(server_exe)], tmp_path / "server.log", env=env, cwd=tmp_path)
-    echo = EchoServer()
+    echo = Service()
     agents: list[Process] = []
 
     def https_up() -> bool:

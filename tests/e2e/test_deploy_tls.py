@@ -11,8 +11,14 @@ from typing import Iterator
 
 import pytest
 
-from tests.deploy import Nginx, Tinyproxy, make_client_cert, make_server_cert
-from tests.harness import Deployment, EchoServer, free_port, sha256, transfer, wait_for
+from tests.support.certs import make_client_cert, make_server_cert
+from tests.support.clients import sha256, transfer
+from tests.support.deployment import Deployment
+from tests.support.nginx import ShippedNginx
+from tests.support.ports import free_port
+from tests.support.services import Service
+from tests.support.tinyproxy import Tinyproxy
+from tests.support.waiting import wait_for
 
 MIB16 = 16 * 1024 * 1024
 
@@ -41,10 +47,10 @@ def _agent_tls_flags(agent_dir: Path, *, client: bool = True) -> list[str]:
 
 @pytest.fixture
 def nginx_factory(tmp_path: Path) -> Iterator:
-    started: list[Nginx] = []
+    started: list[ShippedNginx] = []
 
-    def start(tls_dir: Path, upstream: int, site_conf: Path | None = None) -> Nginx:
-        n = Nginx(tmp_path, tls_dir, upstream, site_conf)
+    def start(tls_dir: Path, upstream: int, site_conf: Path | None = None) -> ShippedNginx:
+        n = ShippedNginx(tmp_path, tls_dir, upstream, site_conf)
         started.append(n)
         return n
 
@@ -69,7 +75,7 @@ def _no_relay(deployment: Deployment) -> None:
     ("localhost", "localhost", []),                                   # a host name in the CN
     ("my.rendezvous.com", "127.0.0.1", ["--tls-server-name=my.rendezvous.com"]),
 ])
-def test_full_chain_through_nginx(tmp_path: Path, deployment: Deployment, echo: EchoServer, nginx_factory,
+def test_full_chain_through_nginx(tmp_path: Path, deployment: Deployment, echo: Service, nginx_factory,
                                   cn: str, host: str, extra: list[str]) -> None:
     tls_dir, agent_dir = _pki(tmp_path, cn)
     deployment.start_server()
@@ -103,7 +109,7 @@ def test_status_not_served_on_443(tmp_path: Path, deployment: Deployment, nginx_
 
 
 def test_agent_without_client_certificate_refused_by_nginx(tmp_path: Path, deployment: Deployment,
-                                                           echo: EchoServer, nginx_factory) -> None:
+                                                           echo: Service, nginx_factory) -> None:
     tls_dir, agent_dir = _pki(tmp_path, "127.0.0.1")
     deployment.start_server()
     nginx = nginx_factory(tls_dir, deployment.http_port)
@@ -114,7 +120,7 @@ def test_agent_without_client_certificate_refused_by_nginx(tmp_path: Path, deplo
     _no_relay(deployment)
 
 
-def test_client_certificate_from_another_ca_refused(tmp_path: Path, deployment: Deployment, echo: EchoServer,
+def test_client_certificate_from_another_ca_refused(tmp_path: Path, deployment: Deployment, echo: Service,
                                                     nginx_factory) -> None:
     tls_dir, agent_dir = _pki(tmp_path, "127.0.0.1")
     _, rogue_dir = _pki(tmp_path, "127.0.0.1", "rogue")
@@ -129,7 +135,7 @@ def test_client_certificate_from_another_ca_refused(tmp_path: Path, deployment: 
     _no_relay(deployment)
 
 
-def test_server_certificate_from_another_ca_refused(tmp_path: Path, deployment: Deployment, echo: EchoServer,
+def test_server_certificate_from_another_ca_refused(tmp_path: Path, deployment: Deployment, echo: Service,
                                                     nginx_factory) -> None:
     tls_dir, agent_dir = _pki(tmp_path, "127.0.0.1")
     _, rogue_dir = _pki(tmp_path, "127.0.0.1", "rogue")
@@ -148,7 +154,7 @@ def test_server_certificate_from_another_ca_refused(tmp_path: Path, deployment: 
 @pytest.mark.parametrize("cn,host", [("other.example", "127.0.0.1"), ("10.9.8.7", "127.0.0.1"),
                                      ("other.example", "localhost")])
 def test_name_mismatch_refused_and_insecure_connects_with_warning(tmp_path: Path, deployment: Deployment,
-                                                                  echo: EchoServer, nginx_factory,
+                                                                  echo: Service, nginx_factory,
                                                                   cn: str, host: str) -> None:
     tls_dir, agent_dir = _pki(tmp_path, cn)
     deployment.start_server()
@@ -166,7 +172,7 @@ def test_name_mismatch_refused_and_insecure_connects_with_warning(tmp_path: Path
 
 
 @pytest.mark.parametrize("how", ["missing", "wrong"])
-def test_token_refused_with_401(tmp_path: Path, deployment: Deployment, echo: EchoServer, how: str) -> None:
+def test_token_refused_with_401(tmp_path: Path, deployment: Deployment, echo: Service, how: str) -> None:
     deployment.write_config()
     deployment.config_path.write_text(deployment.config_path.read_text() + 'token = "s3cret-token"\n')
     server = deployment.start_server()
@@ -179,7 +185,7 @@ def test_token_refused_with_401(tmp_path: Path, deployment: Deployment, echo: Ec
 
 
 @pytest.mark.parametrize("how", ["flag", "file", "env"])
-def test_token_accepted(tmp_path: Path, deployment: Deployment, echo: EchoServer, how: str) -> None:
+def test_token_accepted(tmp_path: Path, deployment: Deployment, echo: Service, how: str) -> None:
     deployment.write_config()
     deployment.config_path.write_text(deployment.config_path.read_text() + 'token = "s3cret-token"\n')
     deployment.start_server()
@@ -198,7 +204,7 @@ def test_token_accepted(tmp_path: Path, deployment: Deployment, echo: EchoServer
     assert "s3cret-token" not in agent.log() and "s3cret-token" not in deployment.server.log()  # type: ignore[union-attr]
 
 
-def test_through_tinyproxy_with_https_proxy(tmp_path: Path, deployment: Deployment, echo: EchoServer,
+def test_through_tinyproxy_with_https_proxy(tmp_path: Path, deployment: Deployment, echo: Service,
                                             nginx_factory) -> None:
     tls_dir, agent_dir = _pki(tmp_path, "127.0.0.1")
     deployment.start_server()
@@ -225,7 +231,7 @@ def test_through_tinyproxy_with_https_proxy(tmp_path: Path, deployment: Deployme
         proxy.stop()
 
 
-def test_server_terminates_tls_with_client_ca(tmp_path: Path, deployment: Deployment, echo: EchoServer) -> None:
+def test_server_terminates_tls_with_client_ca(tmp_path: Path, deployment: Deployment, echo: Service) -> None:
     tls_dir, agent_dir = _pki(tmp_path, "127.0.0.1")
     deployment.extra_config += (f'\n[tls]\ncert = "{tls_dir / "server.cert.pem"}"\nkey = "{tls_dir / "server.key.pem"}"\n'
                                 f'client_ca = "{tls_dir / "server.cert.pem"}"\n')
@@ -248,7 +254,7 @@ def test_server_terminates_tls_with_client_ca(tmp_path: Path, deployment: Deploy
     _no_relay(deployment)
 
 
-def test_original_readme_nginx_conf_verbatim(tmp_path: Path, deployment: Deployment, echo: EchoServer,
+def test_original_readme_nginx_conf_verbatim(tmp_path: Path, deployment: Deployment, echo: Service,
                                              nginx_factory) -> None:
     """Users upgrading from the Go original keep their nginx.conf: it must work unchanged."""
     tls_dir, agent_dir = _pki(tmp_path, "127.0.0.1")

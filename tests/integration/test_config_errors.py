@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SERVER_NAME, command, free_port
+from tests.support.ports import free_port
+from tests.support.programs import SERVER_NAME, command
 
 
 def _run(config: Path | None, *extra: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

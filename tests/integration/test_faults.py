@@ -10,7 +10,11 @@ import urllib.request
 
 import pytest
 
-from tests.harness import Deployment, EchoServer, free_port, sha256, transfer, wait_for
+from tests.support.clients import sha256, transfer
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port
+from tests.support.services import Service
+from tests.support.waiting import wait_for
 
 
 def _closed_within(user: socket.socket, seconds: float) -> float:
@@ -27,7 +31,7 @@ def _closed_within(user: socket.socket, seconds: float) -> float:
     return time.monotonic() - started
 
 
-def test_agent_sigkill_closes_users_and_restarted_agent_serves(deployment: Deployment, echo: EchoServer) -> None:
+def test_agent_sigkill_closes_users_and_restarted_agent_serves(deployment: Deployment, echo: Service) -> None:
     deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port)
     users = [socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) for _ in range(3)]
@@ -44,7 +48,7 @@ def test_agent_sigkill_closes_users_and_restarted_agent_serves(deployment: Deplo
     assert transfer(deployment.services["BUS1"], payload) == payload
 
 
-def test_server_restart_agent_reattaches_by_itself(deployment: Deployment, echo: EchoServer) -> None:
+def test_server_restart_agent_reattaches_by_itself(deployment: Deployment, echo: Service) -> None:
     server = deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port)
     server.kill()
@@ -70,7 +74,7 @@ def test_local_service_refuses_user_closed_promptly_and_logged(deployment: Deplo
     assert "reset by peer: dial 127.0.0.1:%d failed" % dead_port in deployment.server.log()
 
 
-def test_unknown_id_is_refused_before_upgrade(deployment: Deployment, echo: EchoServer) -> None:
+def test_unknown_id_is_refused_before_upgrade(deployment: Deployment, echo: Service) -> None:
     server = deployment.start_server()
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://127.0.0.1:{deployment.http_port}/forward_to_me/NOPE", timeout=5)
@@ -85,7 +89,7 @@ def test_unknown_id_is_refused_before_upgrade(deployment: Deployment, echo: Echo
 
 
 def test_second_agent_replaces_first(deployment: Deployment) -> None:
-    first_service, second_service = EchoServer(), EchoServer()
+    first_service, second_service = Service(), Service()
     try:
         deployment.start_server()
         first = deployment.start_agent("BUS1", first_service.port)
@@ -99,7 +103,7 @@ def test_second_agent_replaces_first(deployment: Deployment) -> None:
         assert _closed_within(old_user, 5) < 5  # the old session's streams are closed
         old_user.close()
         assert transfer(deployment.services["BUS1"], b"new") == b"new"
-        assert second_service.connections == 1 and first_service.connections == 1
+        assert second_service.accepted == 1 and first_service.accepted == 1
         first.wait_log("replaced by a newer agent")
         assert second.proc.poll() is None
     finally:
@@ -107,7 +111,7 @@ def test_second_agent_replaces_first(deployment: Deployment) -> None:
         second_service.close()
 
 
-def test_user_waits_for_agent_then_is_closed(deployment: Deployment, echo: EchoServer) -> None:
+def test_user_waits_for_agent_then_is_closed(deployment: Deployment, echo: Service) -> None:
     deployment.extra_config = "agent_wait_seconds = 1.5"
     deployment.start_server()
     with socket.create_connection(("127.0.0.1", deployment.services["BUS1"])) as user:
@@ -115,7 +119,7 @@ def test_user_waits_for_agent_then_is_closed(deployment: Deployment, echo: EchoS
     assert 1.2 < took < 3.5
 
 
-def test_agent_arriving_during_the_wait_gets_the_waiting_user(deployment: Deployment, echo: EchoServer) -> None:
+def test_agent_arriving_during_the_wait_gets_the_waiting_user(deployment: Deployment, echo: Service) -> None:
     deployment.extra_config = "agent_wait_seconds = 15"
     deployment.start_server()
     user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
@@ -148,7 +152,7 @@ def test_no_wait_closes_user_at_once(deployment: Deployment) -> None:
     assert time.monotonic() - started < 1
 
 
-def test_keepalive_detects_frozen_agent_and_frozen_server(deployment: Deployment, echo: EchoServer) -> None:
+def test_keepalive_detects_frozen_agent_and_frozen_server(deployment: Deployment, echo: Service) -> None:
     deployment.extra_config = "ping_interval_seconds = 1\nping_timeout_seconds = 1"
     server = deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port, "--ping-interval=1", "--ping-timeout=1")
@@ -175,7 +179,7 @@ def test_keepalive_detects_frozen_agent_and_frozen_server(deployment: Deployment
         server.signal(signal.SIGCONT)
 
 
-def test_sigterm_closes_everything_cleanly(deployment: Deployment, echo: EchoServer) -> None:
+def test_sigterm_closes_everything_cleanly(deployment: Deployment, echo: Service) -> None:
     server = deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port)
     user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
@@ -189,7 +193,7 @@ def test_sigterm_closes_everything_cleanly(deployment: Deployment, echo: EchoSer
     assert time.monotonic() - started < 5
 
 
-def test_users_resetting_mid_stream_never_break_the_tunnel(deployment: Deployment, echo: EchoServer) -> None:
+def test_users_resetting_mid_stream_never_break_the_tunnel(deployment: Deployment, echo: Service) -> None:
     """Users that abort (RST) while their stream is half-closed must cost only their own stream."""
     import struct
 
@@ -210,7 +214,7 @@ def test_users_resetting_mid_stream_never_break_the_tunnel(deployment: Deploymen
     assert deployment.status()["BUS1"]["streams_opened_total"] == 301
 
 
-def test_sigquit_stops_cleanly_like_sigterm(deployment: Deployment, echo: EchoServer) -> None:
+def test_sigquit_stops_cleanly_like_sigterm(deployment: Deployment, echo: Service) -> None:
     """docker stop in the stock nginx image (the reference compose file) sends SIGQUIT."""
     server = deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port)

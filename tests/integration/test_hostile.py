@@ -12,7 +12,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from reverse_websockify.protocol import SUBPROTOCOL, encode_data, encode_open, encode_open_ok, encode_window
-from tests.harness import Deployment, EchoServer, free_port, sha256, transfer
+from tests.support.clients import sha256, transfer
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port
+from tests.support.services import Service
 
 
 async def _close_code_after(url: str, *messages: bytes | str, read_first: bool = False) -> tuple[int, str]:
@@ -40,7 +43,7 @@ BAD_MESSAGES = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_MESSAGES))
-def test_malformed_frame_closes_only_that_agent_with_1002(deployment: Deployment, echo: EchoServer, name: str) -> None:
+def test_malformed_frame_closes_only_that_agent_with_1002(deployment: Deployment, echo: Service, name: str) -> None:
     deployment.services["GOOD"] = free_port()
     deployment.write_config()
     server = deployment.start_server()

@@ -17,7 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from reverse_websockify.protocol import SUBPROTOCOL
-from tests.harness import Deployment, EchoServer, free_port, sha256, transfer, wait_for
+from tests.support.clients import sha256, transfer
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port
+from tests.support.services import Service
+from tests.support.waiting import wait_for
 
 
 def _get(deployment: Deployment, path: str) -> tuple[int, str]:
@@ -38,7 +42,7 @@ def _metrics(deployment: Deployment) -> dict[tuple[str, tuple[tuple[str, str], .
     return samples
 
 
-def test_metrics_count_real_traffic(deployment: Deployment, echo: EchoServer) -> None:
+def test_metrics_count_real_traffic(deployment: Deployment, echo: Service) -> None:
     deployment.services["DOWN"] = free_port()
     deployment.write_config()
     deployment.start_server()
@@ -78,7 +82,7 @@ def test_metrics_count_real_traffic(deployment: Deployment, echo: EchoServer) ->
     assert deployment.status()["BUS1"]["last_disconnect_reason"]
 
 
-def test_health_and_readiness(deployment: Deployment, echo: EchoServer) -> None:
+def test_health_and_readiness(deployment: Deployment, echo: Service) -> None:
     deployment.start_server()
     assert _get(deployment, "/healthz")[0] == 200
     assert _get(deployment, "/ready/BUS1")[0] == 503
@@ -89,7 +93,7 @@ def test_health_and_readiness(deployment: Deployment, echo: EchoServer) -> None:
     wait_for(lambda: _get(deployment, "/ready/BUS1")[0] == 503, 5, "readiness to drop")
 
 
-def test_json_logs_carry_service_stream_and_peer(deployment: Deployment, echo: EchoServer) -> None:
+def test_json_logs_carry_service_stream_and_peer(deployment: Deployment, echo: Service) -> None:
     server = deployment.start_server("--log-format=json")
     agent = deployment.start_agent("BUS1", echo.port, "--log-format=json")
     assert transfer(deployment.services["BUS1"], b"json logs") == b"json logs"
@@ -125,7 +129,7 @@ def _dump_dom(url: str, profile: Path) -> str:
     return result.stdout
 
 
-def test_html_page_in_headless_chromium_escapes_everything(tmp_path: Path, echo: EchoServer) -> None:
+def test_html_page_in_headless_chromium_escapes_everything(tmp_path: Path, echo: Service) -> None:
     evil_nickname = "<script>document.title='PWNED'</script><b>bold</b>"
     deployment = Deployment(tmp=tmp_path, services={"BUS1": free_port(), "EVIL": free_port()}, http_port=free_port())
     deployment.write_config()

@@ -9,10 +9,14 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.harness import Deployment, EchoServer, free_port, sha256, transfer, wait_for
+from tests.support.clients import sha256, transfer
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port
+from tests.support.services import Service
+from tests.support.waiting import wait_for
 
 
-def test_64_mib_each_way_through_one_stream(deployment: Deployment, echo: EchoServer) -> None:
+def test_64_mib_each_way_through_one_stream(deployment: Deployment, echo: Service) -> None:
     deployment.start_server()
     deployment.start_agent("BUS1", echo.port)
     payload = os.urandom(64 * 1024 * 1024)
@@ -26,7 +30,7 @@ def test_64_mib_each_way_through_one_stream(deployment: Deployment, echo: EchoSe
     assert status["streams_opened_total"] == 1
 
 
-def test_50_concurrent_streams_of_1_mib(deployment: Deployment, echo: EchoServer) -> None:
+def test_50_concurrent_streams_of_1_mib(deployment: Deployment, echo: Service) -> None:
     deployment.start_server()
     deployment.start_agent("BUS1", echo.port)
     payloads = [os.urandom(1024 * 1024) for _ in range(50)]
@@ -71,7 +75,7 @@ def test_slow_reader_stalls_only_its_own_stream(deployment: Deployment, tmp_path
     flood_started = threading.Event()
     listener = socket.create_server(("127.0.0.1", 0))
     listener_port = listener.getsockname()[1]
-    echo = EchoServer()
+    echo = Service()
 
     def flooding_service() -> None:
         conn, _ = listener.accept()
@@ -116,7 +120,7 @@ def test_slow_reader_stalls_only_its_own_stream(deployment: Deployment, tmp_path
         echo.close()
 
 
-def test_user_speaks_first_before_agent_dial_completes(deployment: Deployment, echo: EchoServer) -> None:
+def test_user_speaks_first_before_agent_dial_completes(deployment: Deployment, echo: Service) -> None:
     """DATA sent right after connect (before OPEN_OK) is held by the agent and delivered."""
     deployment.start_server()
     deployment.start_agent("BUS1", echo.port)
@@ -129,7 +133,7 @@ def test_user_speaks_first_before_agent_dial_completes(deployment: Deployment, e
     assert data == b"hello-before-open"
 
 
-def test_status_page_fields(deployment: Deployment, echo: EchoServer) -> None:
+def test_status_page_fields(deployment: Deployment, echo: Service) -> None:
     deployment.start_server()
     before = deployment.status()["BUS1"]
     assert before["connected"] is False and before["service_connection_since"] is None

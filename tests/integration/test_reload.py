@@ -5,7 +5,10 @@ from __future__ import annotations
 import signal
 import socket
 
-from tests.harness import Deployment, EchoServer, free_port, wait_for
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port
+from tests.support.services import Service
+from tests.support.waiting import wait_for
 
 
 def _listening(port: int) -> bool:
@@ -13,7 +16,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_sighup_reload(deployment: Deployment, echo: EchoServer) -> None:
+def test_sighup_reload(deployment: Deployment, echo: Service) -> None:
     deployment.services["GONE"] = free_port()
     deployment.write_config()
     server = deployment.start_server()

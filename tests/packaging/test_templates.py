@@ -30,7 +30,12 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import AGENT_NAME, SERVER_NAME, EchoServer, Process, command, free_port, sha256, transfer, wait_for
+from tests.support.clients import sha256, transfer
+from tests.support.ports import free_port
+from tests.support.processes import Process
+from tests.support.programs import AGENT_NAME, SERVER_NAME, command
+from tests.support.services import Service
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGING = ROOT / "packaging"
@@ -391,7 +396,7 @@ class Stack:
     pki: Pki
     server: Process
     agent: Process
-    echo: EchoServer
+    echo: Service
     user_port: int
     service_id: str
     mdwe: bool
@@ -422,7 +427,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Stack]
     assert n == 1
     (base / "config.toml").write_text(config)
     server = Process(command(SERVER_NAME) + [str(base / "config.toml")], base / "server.log")
-    echo = EchoServer()
+    echo = Service()
     (base / "nginx").mkdir()
     nginx = prepare_nginx(base / "nginx", pki, upstream)
     nginx_log = base / "nginx.out"

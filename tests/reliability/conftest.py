@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: the fault proxy, local services, and the figures they measure.
+"""Fixtures of the reliability tests: the fault proxy and the figures they measure (the echo service is tests/conftest.py's).
 
 Every test that measures something calls ``figure(scenario, promise, measured, **values)``.
 The figures are printed at the end of the run (terminal summary) and written to
@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.reliability.faultproxy import FaultProxy
-from tests.reliability.helpers import Service
 
 FIGURES: list[dict[str, Any]] = []
 _FIGURES_FILE: list[Path] = []
@@ -59,14 +58,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"| {entry['scenario']} | {entry['promise']} | {entry['measured']} |")
     if _FIGURES_FILE:
         terminalreporter.write_line(f"written to {_FIGURES_FILE[0]}")
-
-
-@pytest.fixture
-def service() -> Iterator[Service]:
-    """An echo service on its own event loop (handles thousands of connections)."""
-    s = Service("echo")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -19,18 +19,14 @@ from typing import Callable
 import pytest
 
 from reverse_websockify.protocol import FrameType, decode
-from tests.harness import Deployment, free_port, wait_for
+from tests.support.clients import Exchange, read_until_closed, sha256, still_open
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port
+from tests.support.services import Blackhole, Service
+from tests.support.waiting import wait_for
+from tests.support.websocket import fake_agent
 from tests.reliability.conftest import Figure
 from tests.reliability.faultproxy import FaultProxy
-from tests.reliability.helpers import (
-    Blackhole,
-    Exchange,
-    Service,
-    fake_agent,
-    read_until_closed,
-    sha,
-    still_open,
-)
 
 FAST_KEEPALIVE_CONFIG = "ping_interval_seconds = 1\nping_timeout_seconds = 1"
 FAST_KEEPALIVE_FLAGS = ("--ping-interval=1", "--ping-timeout=1")
@@ -49,15 +45,15 @@ def _connected(deployment: Deployment, sid: str = "BUS1") -> bool:
 def _echo_ok(port: int, payload: bytes, timeout: float = 20) -> None:
     exchange = Exchange(port, payload, timeout=timeout)
     assert exchange.join() == "complete", exchange.outcome
-    assert sha(bytes(exchange.received)) == sha(payload)
+    assert sha256(bytes(exchange.received)) == sha256(payload)
 
 
-def _start_exchanges(deployment: Deployment, service: Service, count: int, size: int) -> list[Exchange]:
+def _start_exchanges(deployment: Deployment, echo: Service, count: int, size: int) -> list[Exchange]:
     """``count`` paced uploads of ``size`` random bytes each, known to be mid-transfer on return."""
     port = deployment.services["BUS1"]
-    before = service.bytes_received
+    before = echo.bytes_received
     exchanges = [Exchange(port, os.urandom(size), pace=0.02, timeout=20) for _ in range(count)]
-    wait_for(lambda: service.bytes_received - before >= count * 128 * 1024, 10, "the transfers to be under way")
+    wait_for(lambda: echo.bytes_received - before >= count * 128 * 1024, 10, "the transfers to be under way")
     return exchanges
 
 
@@ -71,7 +67,7 @@ def _check_interrupted(exchanges: list[Exchange], seconds: float) -> tuple[float
         assert outcome != "hung", "a user connection is still open after the fault"
         assert exchange.intact(), "a user received bytes that differ from what was sent"
         if outcome == "complete":
-            assert sha(bytes(exchange.received)) == sha(exchange.payload)
+            assert sha256(bytes(exchange.received)) == sha256(exchange.payload)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         assert exchange.closed_at is not None
         latest = max(latest, exchange.closed_at)
@@ -87,19 +83,19 @@ def _since(moment: float, earlier: float) -> float:
 
 
 def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
-        deployment: Deployment, service: Service, make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
+        deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
     deployment.extra_config = FAST_KEEPALIVE_CONFIG
     deployment.write_config()
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
-    agent = deployment.start_agent("BUS1", service.port, *FAST_KEEPALIVE_FLAGS, url=_via(proxy, "BUS1"))
+    agent = deployment.start_agent("BUS1", echo.port, *FAST_KEEPALIVE_FLAGS, url=_via(proxy, "BUS1"))
     port = deployment.services["BUS1"]
     users = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
     for user in users:
         user.sendall(b"hello")
         user.settimeout(5)
         assert user.recv(5) == b"hello"
-    wait_for(lambda: service.open_count() == 3, 5, "3 service connections")
+    wait_for(lambda: echo.open_count() == 3, 5, "3 service connections")
     mark = len(agent.log())
 
     proxy.freeze()
@@ -113,7 +109,7 @@ def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
         user.close()
     wait_for(lambda: "disconnected after" in agent.log()[mark:], KEEPALIVE_BOUND + 5, "the agent to notice")
     agent_noticed = time.monotonic() - frozen_at
-    wait_for(lambda: service.open_count() == 0, 5, "the agent to close its service connections")
+    wait_for(lambda: echo.open_count() == 0, 5, "the agent to close its service connections")
     service_closed = time.monotonic() - frozen_at
     assert server_noticed < KEEPALIVE_BOUND + SLACK, server_noticed
     assert agent_noticed < KEEPALIVE_BOUND + SLACK, agent_noticed
@@ -139,11 +135,11 @@ def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
 
 @pytest.mark.heavy
 def test_frozen_link_with_default_keepalive(
-        deployment: Deployment, service: Service, make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
+        deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
     """The figure the README promises for the shipped defaults (8 s + 10 s + 2 s)."""
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
-    agent = deployment.start_agent("BUS1", service.port, url=_via(proxy, "BUS1"))
+    agent = deployment.start_agent("BUS1", echo.port, url=_via(proxy, "BUS1"))
     user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
     user.sendall(b"x")
     user.settimeout(5)
@@ -169,22 +165,22 @@ def test_frozen_link_with_default_keepalive(
 
 
 @pytest.mark.parametrize("rst", [True, False], ids=["RST", "FIN"])
-def test_link_cut_mid_transfer(deployment: Deployment, service: Service, make_proxy: Callable[[int], FaultProxy],
+def test_link_cut_mid_transfer(deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy],
                                figure: Figure, rst: bool) -> None:
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
-    agent = deployment.start_agent("BUS1", service.port, url=_via(proxy, "BUS1"))
+    agent = deployment.start_agent("BUS1", echo.port, url=_via(proxy, "BUS1"))
     port = deployment.services["BUS1"]
     before = os.urandom(3 << 20)
     _echo_ok(port, before)  # a transfer completed before the cut
-    exchanges = _start_exchanges(deployment, service, 4, 4 << 20)
+    exchanges = _start_exchanges(deployment, echo, 4, 4 << 20)
 
     assert proxy.cut(rst=rst) == 1
     cut_at = time.monotonic()
     latest, outcomes = _check_interrupted(exchanges, 10)
     users_closed = _since(latest, cut_at)
     assert outcomes.get("complete", 0) < len(exchanges), "the cut came too late to interrupt anything"
-    wait_for(lambda: service.open_count() == 0, 5, "the agent to close its service connections")
+    wait_for(lambda: echo.open_count() == 0, 5, "the agent to close its service connections")
     service_closed = time.monotonic() - cut_at
     wait_for(lambda: _connected(deployment) and agent.log().count("connected to ws://") >= 2, 10,
              "the agent to reattach through the proxy")
@@ -201,12 +197,12 @@ def test_link_cut_mid_transfer(deployment: Deployment, service: Service, make_pr
            users_closed=users_closed, service_closed=service_closed, recovered=recovered)
 
 
-def test_link_down_for_a_while_then_back(deployment: Deployment, service: Service,
+def test_link_down_for_a_while_then_back(deployment: Deployment, echo: Service,
                                          make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
     """Connection refused for 6 s (a link with no route): recovery is bounded by --max-backoff."""
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
-    agent = deployment.start_agent("BUS1", service.port, "--max-backoff=2", url=_via(proxy, "BUS1"))
+    agent = deployment.start_agent("BUS1", echo.port, "--max-backoff=2", url=_via(proxy, "BUS1"))
     proxy.refuse()
     proxy.cut()
     wait_for(lambda: not _connected(deployment), 5, "the server to see the agent go")
@@ -226,19 +222,19 @@ def test_link_down_for_a_while_then_back(deployment: Deployment, service: Servic
 # -- the processes -------------------------------------------------------------------------------
 
 
-def test_server_sigkill_and_restart(deployment: Deployment, service: Service, figure: Figure) -> None:
+def test_server_sigkill_and_restart(deployment: Deployment, echo: Service, figure: Figure) -> None:
     server = deployment.start_server()
-    agent = deployment.start_agent("BUS1", service.port)
+    agent = deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
     _echo_ok(port, os.urandom(2 << 20))
-    exchanges = _start_exchanges(deployment, service, 4, 4 << 20)
+    exchanges = _start_exchanges(deployment, echo, 4, 4 << 20)
 
     mark = len(agent.log())
     server.kill()
     killed_at = time.monotonic()
     latest, outcomes = _check_interrupted(exchanges, 10)
     users_closed = _since(latest, killed_at)
-    wait_for(lambda: service.open_count() == 0, 5, "the agent to close its service connections")
+    wait_for(lambda: echo.open_count() == 0, 5, "the agent to close its service connections")
     service_closed = time.monotonic() - killed_at
     time.sleep(1.0)  # the server stays down a moment
     restarting_at = time.monotonic()
@@ -263,12 +259,12 @@ def test_server_sigkill_and_restart(deployment: Deployment, service: Service, fi
            reattached_after_up=after_up, total=reattached - killed_at)
 
 
-def test_agent_sigkill_and_restart(deployment: Deployment, service: Service, figure: Figure) -> None:
+def test_agent_sigkill_and_restart(deployment: Deployment, echo: Service, figure: Figure) -> None:
     deployment.start_server()
-    agent = deployment.start_agent("BUS1", service.port)
+    agent = deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
     _echo_ok(port, os.urandom(2 << 20))
-    exchanges = _start_exchanges(deployment, service, 4, 4 << 20)
+    exchanges = _start_exchanges(deployment, echo, 4, 4 << 20)
 
     agent.kill()
     killed_at = time.monotonic()
@@ -279,10 +275,10 @@ def test_agent_sigkill_and_restart(deployment: Deployment, service: Service, fig
     # A user arriving while no agent is attached waits (agent_wait_seconds, 5 s) for the restarted agent.
     waiting = Exchange(port, os.urandom(64 * 1024), timeout=20)
     restart_at = time.monotonic()
-    deployment.start_agent("BUS1", service.port)
+    deployment.start_agent("BUS1", echo.port)
     attached = time.monotonic() - restart_at
     assert waiting.join() == "complete", waiting.outcome
-    assert sha(bytes(waiting.received)) == sha(waiting.payload)
+    assert sha256(bytes(waiting.received)) == sha256(waiting.payload)
     assert users_closed < 2, users_closed
     _echo_ok(port, os.urandom(4 << 20))
     figure("agent SIGKILL, restarted",
@@ -293,14 +289,14 @@ def test_agent_sigkill_and_restart(deployment: Deployment, service: Service, fig
            users_closed=users_closed, server_noticed=server_noticed, restart_to_attached=attached)
 
 
-def test_server_sigterm_closes_listeners_agents_get_1001(deployment: Deployment, service: Service,
+def test_server_sigterm_closes_listeners_agents_get_1001(deployment: Deployment, echo: Service,
                                                          figure: Figure) -> None:
     deployment.services["FAKE"] = free_port()
     deployment.write_config()
     server = deployment.start_server()
-    agent = deployment.start_agent("BUS1", service.port)
+    agent = deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
-    exchanges = _start_exchanges(deployment, service, 2, 4 << 20)
+    exchanges = _start_exchanges(deployment, echo, 2, 4 << 20)
 
     async def scenario() -> tuple[int | None, str, float, float]:
         ws = await fake_agent(deployment.url("FAKE"))
@@ -331,11 +327,11 @@ def test_server_sigterm_closes_listeners_agents_get_1001(deployment: Deployment,
            agent_closed=fake_closed, exited=exited)
 
 
-def test_agent_sigterm_exits_0_and_server_sees_1001(deployment: Deployment, service: Service,
+def test_agent_sigterm_exits_0_and_server_sees_1001(deployment: Deployment, echo: Service,
                                                     make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
     deployment.start_server()
-    agent = deployment.start_agent("BUS1", service.port)
-    exchanges = _start_exchanges(deployment, service, 2, 4 << 20)
+    agent = deployment.start_agent("BUS1", echo.port)
+    exchanges = _start_exchanges(deployment, echo, 2, 4 << 20)
     started = time.monotonic()
     agent.signal(signal.SIGTERM)
     agent.proc.wait(10)
@@ -346,11 +342,11 @@ def test_agent_sigterm_exits_0_and_server_sees_1001(deployment: Deployment, serv
     wait_for(lambda: not _connected(deployment), 5, "the server to see the agent go")
     reason = deployment.status()["BUS1"]["last_disconnect_reason"]
     assert reason == "closed with code 1001 agent shutting down", reason
-    wait_for(lambda: service.open_count() == 0, 5, "the service connections to close")
+    wait_for(lambda: echo.open_count() == 0, 5, "the service connections to close")
 
     # Also when the agent is between attempts (server gone) or stuck in a handshake (frozen link).
     proxy = make_proxy(free_port())  # forwards to a port where nothing listens
-    idle = deployment.start_agent("BUS1", service.port, wait=False, url=_via(proxy, "BUS1"))
+    idle = deployment.start_agent("BUS1", echo.port, wait=False, url=_via(proxy, "BUS1"))
     idle.wait_log("reconnecting in")
     started = time.monotonic()
     idle.signal(signal.SIGTERM)
@@ -358,7 +354,7 @@ def test_agent_sigterm_exits_0_and_server_sees_1001(deployment: Deployment, serv
     backing_off_exit = time.monotonic() - started
     assert idle.proc.returncode == 0 and backing_off_exit < 3
     proxy.freeze()
-    stuck = deployment.start_agent("BUS1", service.port, wait=False, url=_via(proxy, "BUS1"))
+    stuck = deployment.start_agent("BUS1", echo.port, wait=False, url=_via(proxy, "BUS1"))
     wait_for(lambda: proxy.accepted >= 2 and "starting" in stuck.log(), 10, "the handshake to hang")
     time.sleep(0.5)
     started = time.monotonic()

@@ -33,22 +33,15 @@ from reverse_websockify.protocol import (
     encode_rst,
     encode_window,
 )
-from tests.harness import Deployment, free_port, wait_for
+from tests.support.clients import Exchange, read_until_closed, sha256
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port
+from tests.support.probes import fd_count, rss_kib
+from tests.support.services import Service
+from tests.support.waiting import wait_for
+from tests.support.websocket import fake_agent, mask, masked_frame_header, raw_handshake, read_close_code
 from tests.reliability.conftest import Figure
-from tests.reliability.faultproxy import LoopThread
-from tests.reliability.helpers import (
-    Exchange,
-    Service,
-    fake_agent,
-    fd_count,
-    masked_frame_header,
-    mask,
-    raw_handshake,
-    read_close_code,
-    read_until_closed,
-    rss_kib,
-    sha,
-)
+from tests.support.loops import LoopThread
 
 # -- fuzzing the agent endpoint ---------------------------------------------------------------------
 
@@ -173,7 +166,7 @@ class Background:
         while not self._stop.is_set():
             payload = os.urandom(256 * 1024)
             exchange = Exchange(self.port, payload, timeout=20)
-            if exchange.join() != "complete" or sha(bytes(exchange.received)) != sha(payload):
+            if exchange.join() != "complete" or sha256(bytes(exchange.received)) != sha256(payload):
                 self.failures.append(f"transfer {self.done}: {exchange.outcome}, {len(exchange.received)} bytes")
             self.done += 1
 
@@ -237,13 +230,13 @@ async def _fuzz_session(deployment: Deployment, messages: list[bytes | str]) -> 
 
 
 @pytest.mark.heavy
-def test_fuzz_agent_endpoint(deployment: Deployment, service: Service, figure: Figure) -> None:
+def test_fuzz_agent_endpoint(deployment: Deployment, echo: Service, figure: Figure) -> None:
     deployment.services["GOOD"] = free_port()
     deployment.services["FUZZ"] = free_port()
     deployment.extra_config = "open_timeout_seconds = 60\nagent_wait_seconds = 5"
     deployment.write_config()
     server = deployment.start_server()
-    deployment.start_agent("GOOD", service.port)
+    deployment.start_agent("GOOD", echo.port)
     good_address = deployment.status()["GOOD"]["agent_address"]
     good_user = socket.create_connection(("127.0.0.1", deployment.services["GOOD"]))
     good_user.sendall(b"before")
@@ -308,7 +301,7 @@ HOSTILE_SERVER_FRAMES: list[tuple[str, list[bytes | str], int]] = [
 ]
 
 
-def test_hostile_server_cannot_crash_the_agent(deployment: Deployment, service: Service, figure: Figure) -> None:
+def test_hostile_server_cannot_crash_the_agent(deployment: Deployment, echo: Service, figure: Figure) -> None:
     """A fake server sends one bad frame per session: the agent closes with 1002/1009 and reconnects."""
     loop = LoopThread("hostile-server")
     results: list[tuple[str, int | None, str]] = []
@@ -347,7 +340,7 @@ def test_hostile_server_cannot_crash_the_agent(deployment: Deployment, service: 
     server = loop.run(start())
     port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     try:
-        agent = deployment.start_agent("BUS1", service.port, wait=False,
+        agent = deployment.start_agent("BUS1", echo.port, wait=False,
                                        url=f"ws://127.0.0.1:{port}/forward_to_me/BUS1")
         wait_for(lambda: len(results) == len(HOSTILE_SERVER_FRAMES), 30,
                  f"every hostile session to end: {results}\n{agent.log()[-2000:]}")
@@ -389,12 +382,12 @@ def _response_to(port: int, data: bytes, timeout: float = 5.0) -> tuple[bytes, f
     return bytes(got).split(b"\r\n", 1)[0], time.monotonic() - started
 
 
-def test_http_garbage_and_oversized_headers(deployment: Deployment, service: Service, figure: Figure) -> None:
+def test_http_garbage_and_oversized_headers(deployment: Deployment, echo: Service, figure: Figure) -> None:
     handshake_timeout = 2.0
     deployment.extra_config = f"handshake_timeout_seconds = {handshake_timeout}"
     deployment.write_config()
     server = deployment.start_server()
-    deployment.start_agent("BUS1", service.port)
+    deployment.start_agent("BUS1", echo.port)
     port = deployment.http_port
     requests = {
         "binary garbage": os.urandom(4096) + b"\r\n\r\n",
@@ -423,7 +416,7 @@ def test_http_garbage_and_oversized_headers(deployment: Deployment, service: Ser
     assert rss_kib(server.pid) - base_rss < 8 * 1024
     payload = os.urandom(1 << 20)
     exchange = Exchange(deployment.services["BUS1"], payload, timeout=20)
-    assert exchange.join() == "complete" and sha(bytes(exchange.received)) == sha(payload)
+    assert exchange.join() == "complete" and sha256(bytes(exchange.received)) == sha256(payload)
     assert server.proc.poll() is None
     figure("HTTP garbage and oversized headers on the server port",
            "refused (400 or closed), at the latest by handshake_timeout_seconds; nothing buffered; agents unaffected",
@@ -434,7 +427,7 @@ def test_http_garbage_and_oversized_headers(deployment: Deployment, service: Ser
 
 
 @pytest.mark.heavy
-def test_slowloris_handshakes_time_out_and_server_keeps_serving(deployment: Deployment, service: Service,
+def test_slowloris_handshakes_time_out_and_server_keeps_serving(deployment: Deployment, echo: Service,
                                                                  figure: Figure) -> None:
     handshake_timeout = 2.0
     count = 200
@@ -442,7 +435,7 @@ def test_slowloris_handshakes_time_out_and_server_keeps_serving(deployment: Depl
     deployment.extra_config = f"handshake_timeout_seconds = {handshake_timeout}"
     deployment.write_config()
     server = deployment.start_server()
-    deployment.start_agent("BUS1", service.port)
+    deployment.start_agent("BUS1", echo.port)
     base_fds = fd_count(server.pid)
     partial = b"GET /forward_to_me/BUS1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
     sockets: list[socket.socket] = []
@@ -498,10 +491,10 @@ def test_slowloris_handshakes_time_out_and_server_keeps_serving(deployment: Depl
         status_times.append(time.monotonic() - t)
     payload = os.urandom(1 << 20)
     exchange = Exchange(deployment.services["BUS1"], payload, timeout=20)
-    assert exchange.join() == "complete" and sha(bytes(exchange.received)) == sha(payload)
-    deployment.start_agent("LATE", service.port)
+    assert exchange.join() == "complete" and sha256(bytes(exchange.received)) == sha256(payload)
+    deployment.start_agent("LATE", echo.port)
     exchange = Exchange(deployment.services["LATE"], payload, timeout=20)
-    assert exchange.join() == "complete" and sha(bytes(exchange.received)) == sha(payload)
+    assert exchange.join() == "complete" and sha256(bytes(exchange.received)) == sha256(payload)
 
     watcher.join(opened + handshake_timeout + 10)
     stop.set()

@@ -11,19 +11,15 @@ import time
 import pytest
 
 from reverse_websockify.protocol import FrameType, decode
-from tests.harness import Deployment, free_port, wait_for
+from tests.support.clients import read_until_closed, sha256
+from tests.support.deployment import Deployment
+from tests.support.ports import free_port, free_ports
+from tests.support.probes import cpu_seconds, fd_count, rss_kib
+from tests.support.services import Service
+from tests.support.waiting import wait_for
+from tests.support.websocket import fake_agent
 from tests.reliability.conftest import Figure
-from tests.reliability.faultproxy import LoopThread
-from tests.reliability.helpers import (
-    Service,
-    cpu_seconds,
-    fake_agent,
-    fd_count,
-    read_until_closed,
-    rss_kib,
-    sha,
-    free_ports,
-)
+from tests.support.loops import LoopThread
 
 
 async def _exchange(port: int, payload: bytes) -> bytes:
@@ -38,10 +34,10 @@ async def _exchange(port: int, payload: bytes) -> bytes:
 
 
 @pytest.mark.heavy
-def test_1000_concurrent_streams_through_one_agent(deployment: Deployment, service: Service, figure: Figure) -> None:
+def test_1000_concurrent_streams_through_one_agent(deployment: Deployment, echo: Service, figure: Figure) -> None:
     streams, size = 1000, 32 * 1024
     server = deployment.start_server()
-    agent = deployment.start_agent("BUS1", service.port)
+    agent = deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
     payloads = [os.urandom(size) for _ in range(streams)]
 
@@ -57,7 +53,7 @@ def test_1000_concurrent_streams_through_one_agent(deployment: Deployment, servi
         connections = await asyncio.gather(*(open_one() for _ in range(streams)))
         # All 1,000 are open at once, through the one agent, before any byte flows.
         await loop.run_in_executor(None, lambda: wait_for(
-            lambda: service.open_count() == streams, 60, f"{streams} service connections"))
+            lambda: echo.open_count() == streams, 60, f"{streams} service connections"))
         opened = time.monotonic() - started
         count = deployment.status()["BUS1"]["client_connection_count"]
         server_rss, agent_rss = rss_kib(server.pid), rss_kib(agent.pid)
@@ -76,7 +72,7 @@ def test_1000_concurrent_streams_through_one_agent(deployment: Deployment, servi
 
     results, opened, took, count, server_rss, agent_rss = asyncio.run(scenario())
     assert count == streams
-    bad = [i for i, (sent, got) in enumerate(zip(payloads, results)) if sha(got) != sha(sent)]
+    bad = [i for i, (sent, got) in enumerate(zip(payloads, results)) if sha256(got) != sha256(sent)]
     assert not bad, f"{len(bad)} streams came back different, e.g. #{bad[0]}: {len(results[bad[0]])} bytes"
     wait_for(lambda: deployment.status()["BUS1"]["client_connection_count"] == 0, 30, "every stream to end")
     assert deployment.status()["BUS1"]["streams_opened_total"] == streams
@@ -100,18 +96,18 @@ def _short_connection(port: int, payload: bytes) -> None:
         raise AssertionError(f"short connection got {len(got)} bytes back, not {len(payload)}")
 
 
-def _settled(deployment: Deployment, service: Service) -> None:
-    wait_for(lambda: deployment.status()["BUS1"]["client_connection_count"] == 0 and service.open_count() == 0,
+def _settled(deployment: Deployment, echo: Service) -> None:
+    wait_for(lambda: deployment.status()["BUS1"]["client_connection_count"] == 0 and echo.open_count() == 0,
              30, "every stream to end")
     time.sleep(0.5)
 
 
 @pytest.mark.heavy
-def test_20000_short_connections_leak_no_fds_or_memory(deployment: Deployment, service: Service,
+def test_20000_short_connections_leak_no_fds_or_memory(deployment: Deployment, echo: Service,
                                                        figure: Figure) -> None:
     total, warmup, workers = 20000, 2000, 4
     server = deployment.start_server()  # default log level: INFO, a few lines per connection
-    agent = deployment.start_agent("BUS1", service.port)
+    agent = deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
     payload = b"0123456789abcdef" * 16  # 256 bytes
 
@@ -130,11 +126,11 @@ def test_20000_short_connections_leak_no_fds_or_memory(deployment: Deployment, s
         return time.monotonic() - started
 
     run(warmup)
-    _settled(deployment, service)
+    _settled(deployment, echo)
     before = {"server_fd": fd_count(server.pid), "agent_fd": fd_count(agent.pid),
               "server_rss": rss_kib(server.pid), "agent_rss": rss_kib(agent.pid)}
     took = run(total)
-    _settled(deployment, service)
+    _settled(deployment, echo)
     after = {"server_fd": fd_count(server.pid), "agent_fd": fd_count(agent.pid),
              "server_rss": rss_kib(server.pid), "agent_rss": rss_kib(agent.pid)}
     status = deployment.status()["BUS1"]
@@ -154,7 +150,7 @@ def test_20000_short_connections_leak_no_fds_or_memory(deployment: Deployment, s
 
 
 @pytest.mark.heavy
-def test_500_idle_agents_memory_and_cpu(tmp_path, service: Service, figure: Figure) -> None:
+def test_500_idle_agents_memory_and_cpu(tmp_path, echo: Service, figure: Figure) -> None:
     """500 services, each with an attached agent: 10 real agent processes and 490 in-test fake agents.
 
     A real agent process takes about 25 MB, so 500 of them do not fit a 2-core test machine. The
@@ -174,7 +170,7 @@ def test_500_idle_agents_memory_and_cpu(tmp_path, service: Service, figure: Figu
         base_rss, base_fds = rss_kib(server.pid), fd_count(server.pid)
         ids = list(services)
         started = time.monotonic()
-        agents = [deployment.start_agent(sid, service.port, wait=False) for sid in ids[:real]]
+        agents = [deployment.start_agent(sid, echo.port, wait=False) for sid in ids[:real]]
 
         async def attach_fakes() -> list:
             gate = asyncio.Semaphore(50)
@@ -211,7 +207,7 @@ def test_500_idle_agents_memory_and_cpu(tmp_path, service: Service, figure: Figu
         async def echo() -> bytes:
             return await _exchange(services[ids[0]], payload)
 
-        assert sha(asyncio.run(echo())) == sha(payload)
+        assert sha256(asyncio.run(echo())) == sha256(payload)
         assert per_agent_kib < 200, per_agent_kib
         assert server_cpu < 10, server_cpu
         figure(f"{total} idle agents on one server ({real} real agent processes + {total - real} fake)",
@@ -235,13 +231,13 @@ def test_500_idle_agents_memory_and_cpu(tmp_path, service: Service, figure: Figu
         deployment.stop()
 
 
-def test_max_streams_per_agent_and_pending_opens(deployment: Deployment, service: Service, figure: Figure) -> None:
+def test_max_streams_per_agent_and_pending_opens(deployment: Deployment, echo: Service, figure: Figure) -> None:
     limit = 5
     deployment.services["SILENT"] = free_port()
     deployment.extra_config = f"max_streams_per_agent = {limit}\nopen_timeout_seconds = 3"
     deployment.write_config()
     server = deployment.start_server()
-    deployment.start_agent("BUS1", service.port)
+    deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
 
     # Established streams.
@@ -341,7 +337,8 @@ def _server_with_fd_limit(deployment: Deployment, nofile: int) -> None:
     """Start the server under RLIMIT_NOFILE = ``nofile`` (set in a tiny Python launcher, then exec)."""
     import sys
 
-    from tests.harness import SERVER_NAME, Process, command
+    from tests.support.processes import Process
+    from tests.support.programs import SERVER_NAME, command
 
     deployment.write_config()
     target = command(SERVER_NAME) + [str(deployment.config_path)]
@@ -354,7 +351,7 @@ def _server_with_fd_limit(deployment: Deployment, nofile: int) -> None:
 
 
 @pytest.mark.heavy
-def test_connection_flood_beyond_the_fd_limit(deployment: Deployment, service: Service, figure: Figure) -> None:
+def test_connection_flood_beyond_the_fd_limit(deployment: Deployment, echo: Service, figure: Figure) -> None:
     """300 users hold connections to a service whose agent is offline, on a server limited to 128 fds.
 
     The server must stay up, keep relaying the streams it has, and recover by itself once the
@@ -365,7 +362,7 @@ def test_connection_flood_beyond_the_fd_limit(deployment: Deployment, service: S
     _server_with_fd_limit(deployment, 128)
     server = deployment.server
     assert server is not None
-    deployment.start_agent("BUS1", service.port)
+    deployment.start_agent("BUS1", echo.port)
     user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
     user.settimeout(5)
     user.sendall(b"before")
@@ -391,9 +388,9 @@ def test_connection_flood_beyond_the_fd_limit(deployment: Deployment, service: S
 
     wait_for(serving, 30, "the status page to answer again")
     recovered = time.monotonic() - released
-    late = deployment.start_agent("OFFLINE", service.port)
+    late = deployment.start_agent("OFFLINE", echo.port)
     payload = os.urandom(1 << 20)
-    exchange_ok = sha(asyncio.run(_exchange(deployment.services["OFFLINE"], payload))) == sha(payload)
+    exchange_ok = sha256(asyncio.run(_exchange(deployment.services["OFFLINE"], payload))) == sha256(payload)
     user.sendall(b"after")
     assert user.recv(5) == b"after"
     user.close()

@@ -1,0 +1,31 @@
+"""Certificates made the way users make them: the shipped scripts, i.e. the original README's openssl commands.
+
+packaging/rendezvous/make-server-cert.sh is the seed's ``openssl req -x509`` with the CN as its
+argument; packaging/agent/make-client-cert.sh signs a client certificate with that server key.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.support.programs import REPO
+
+PACKAGING = REPO / "packaging"
+
+
+def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def make_server_cert(directory: Path, cn: str) -> Path:
+    """The seed's openssl command, through packaging/rendezvous/make-server-cert.sh."""
+    _run(["bash", str(PACKAGING / "rendezvous" / "make-server-cert.sh"), cn, str(directory)])
+    return directory
+
+
+def make_client_cert(directory: Path, ca_dir: Path) -> Path:
+    """The seed's client-certificate commands, through packaging/agent/make-client-cert.sh."""
+    _run(["bash", str(PACKAGING / "agent" / "make-client-cert.sh"), "--ca-cert", str(ca_dir / "server.cert.pem"),
+         "--ca-key", str(ca_dir / "server.key.pem"), "--out", str(directory)])
+    return directory
