@@ -107,7 +107,7 @@ def test_slow_reader_stalls_only_its_own_stream(deployment: Deployment, tmp_path
         back = transfer(deployment.services["FAST"], payload, timeout=60)
         assert sha256(back) == sha256(payload)
         assert time.monotonic() - started < 30
-        time.sleep(0.5)
+        time.sleep(0.5)  # part of the measurement: RSS once the transfer's buffers are released
         rss_after = (server.rss_kib(), agent_slow.rss_kib())
         # The flooded stream may hold at most its window (1 MiB) plus socket buffers per side.
         for before, after in zip(rss_before, rss_after):

@@ -86,6 +86,7 @@ def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
         deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
     deployment.extra_config = FAST_KEEPALIVE_CONFIG
     deployment.write_config()
+    deployment.options.append("--log-format=json")
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
     agent = deployment.start_agent("BUS1", echo.port, *FAST_KEEPALIVE_FLAGS, url=_via(proxy, "BUS1"))
@@ -96,7 +97,7 @@ def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
         user.settimeout(5)
         assert user.recv(5) == b"hello"
     wait_for(lambda: echo.open_count() == 3, 5, "3 service connections")
-    mark = len(agent.log())
+    mark = agent.mark()
 
     proxy.freeze()
     frozen_at = time.monotonic()
@@ -107,14 +108,14 @@ def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
     users_closed = time.monotonic() - frozen_at
     for user in users:
         user.close()
-    wait_for(lambda: "disconnected after" in agent.log()[mark:], KEEPALIVE_BOUND + 5, "the agent to notice")
+    agent.wait_line("disconnected after", since=mark, timeout=KEEPALIVE_BOUND + 5)
     agent_noticed = time.monotonic() - frozen_at
     wait_for(lambda: echo.open_count() == 0, 5, "the agent to close its service connections")
     service_closed = time.monotonic() - frozen_at
     assert server_noticed < KEEPALIVE_BOUND + SLACK, server_noticed
     assert agent_noticed < KEEPALIVE_BOUND + SLACK, agent_noticed
 
-    # The link stays dead a little longer; the agent's next attempt hangs in the frozen link.
+    # The scenario: the link stays dead a little longer; the agent's next attempt hangs in the frozen link.
     time.sleep(1.5)
     proxy.forward()
     back_at = time.monotonic()
@@ -137,6 +138,7 @@ def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
 def test_frozen_link_with_default_keepalive(
         deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
     """The figure the README promises for the shipped defaults (8 s + 10 s + 2 s)."""
+    deployment.options.append("--log-format=json")
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
     agent = deployment.start_agent("BUS1", echo.port, url=_via(proxy, "BUS1"))
@@ -144,13 +146,13 @@ def test_frozen_link_with_default_keepalive(
     user.sendall(b"x")
     user.settimeout(5)
     assert user.recv(1) == b"x"
-    mark = len(agent.log())
+    mark = agent.mark()
     proxy.freeze()
     frozen_at = time.monotonic()
     took, _, _ = read_until_closed(user, 8 + 10 + 2 + 5)
     user.close()
     server_noticed = time.monotonic() - frozen_at
-    wait_for(lambda: "disconnected after" in agent.log()[mark:], 10, "the agent to notice")
+    agent.wait_line("disconnected after", since=mark, timeout=10)
     agent_noticed = time.monotonic() - frozen_at
     assert took < 20 + SLACK and agent_noticed < 20 + SLACK, (took, agent_noticed)
     proxy.forward()
@@ -167,6 +169,7 @@ def test_frozen_link_with_default_keepalive(
 @pytest.mark.parametrize("rst", [True, False], ids=["RST", "FIN"])
 def test_link_cut_mid_transfer(deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy],
                                figure: Figure, rst: bool) -> None:
+    deployment.options.append("--log-format=json")
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
     agent = deployment.start_agent("BUS1", echo.port, url=_via(proxy, "BUS1"))
@@ -182,7 +185,7 @@ def test_link_cut_mid_transfer(deployment: Deployment, echo: Service, make_proxy
     assert outcomes.get("complete", 0) < len(exchanges), "the cut came too late to interrupt anything"
     wait_for(lambda: echo.open_count() == 0, 5, "the agent to close its service connections")
     service_closed = time.monotonic() - cut_at
-    wait_for(lambda: _connected(deployment) and agent.log().count("connected to ws://") >= 2, 10,
+    wait_for(lambda: _connected(deployment) and len(agent.find_lines("connected to ws://")) >= 2, 10,
              "the agent to reattach through the proxy")
     recovered = time.monotonic() - cut_at
     assert users_closed < 2, users_closed
@@ -200,14 +203,15 @@ def test_link_cut_mid_transfer(deployment: Deployment, echo: Service, make_proxy
 def test_link_down_for_a_while_then_back(deployment: Deployment, echo: Service,
                                          make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
     """Connection refused for 6 s (a link with no route): recovery is bounded by --max-backoff."""
+    deployment.options.append("--log-format=json")
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
     agent = deployment.start_agent("BUS1", echo.port, "--max-backoff=2", url=_via(proxy, "BUS1"))
     proxy.refuse()
     proxy.cut()
     wait_for(lambda: not _connected(deployment), 5, "the server to see the agent go")
-    time.sleep(6)
-    assert agent.log().count("reconnecting in") >= 3
+    time.sleep(6)  # the scenario: 6 s of refused connections, several backoff rounds
+    assert len(agent.find_lines("reconnecting in")) >= 3
     proxy.forward()
     back_at = time.monotonic()
     wait_for(lambda: _connected(deployment), 10, "the agent to reattach")
@@ -223,13 +227,14 @@ def test_link_down_for_a_while_then_back(deployment: Deployment, echo: Service,
 
 
 def test_server_sigkill_and_restart(deployment: Deployment, echo: Service, figure: Figure) -> None:
+    deployment.options.append("--log-format=json")
     server = deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
     _echo_ok(port, os.urandom(2 << 20))
     exchanges = _start_exchanges(deployment, echo, 4, 4 << 20)
 
-    mark = len(agent.log())
+    mark = agent.mark()
     server.kill()
     killed_at = time.monotonic()
     latest, outcomes = _check_interrupted(exchanges, 10)
@@ -246,8 +251,9 @@ def test_server_sigkill_and_restart(deployment: Deployment, echo: Service, figur
     assert users_closed < 2, users_closed
     # The agent was waiting out one of its backoff delays when the server came back: it must not
     # take longer than that delay (plus the handshake).
-    delays = [float(d) for d in re.findall(r"reconnecting in ([0-9.]+) s", agent.log()[mark:])]
-    assert delays, agent.log()[mark:]
+    delays = [float(d) for line in agent.find_lines("reconnecting in", since=mark)
+              for d in re.findall(r"reconnecting in ([0-9.]+) s", line["message"])]
+    assert delays, agent.lines()[mark:]
     assert after_up < max(delays) + 0.5, (after_up, delays)
     _echo_ok(port, os.urandom(4 << 20))
     figure("server SIGKILL, restarted after 1 s",
@@ -293,6 +299,7 @@ def test_server_sigterm_closes_listeners_agents_get_1001(deployment: Deployment,
                                                          figure: Figure) -> None:
     deployment.services["FAKE"] = free_port()
     deployment.write_config()
+    deployment.options.append("--log-format=json")
     server = deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
@@ -300,8 +307,9 @@ def test_server_sigterm_closes_listeners_agents_get_1001(deployment: Deployment,
 
     async def scenario() -> tuple[int | None, str, float, float]:
         ws = await fake_agent(deployment.url("FAKE"))
-        await asyncio.sleep(0.2)
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: wait_for(lambda: _connected(deployment, "FAKE"), 5,
+                                                          "the fake agent to be attached"))
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         await ws.wait_closed()
@@ -317,8 +325,8 @@ def test_server_sigterm_closes_listeners_agents_get_1001(deployment: Deployment,
     for listening in (port, deployment.services["FAKE"], deployment.http_port):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", listening)) != 0, f"port {listening} still accepts"
-    agent.wait_log("1001")
-    assert "server shutting down" in agent.log()
+    gone = agent.wait_line("disconnected after", close_code=1001)
+    assert "server shutting down" in gone["reason"], gone
     assert agent.proc.poll() is None  # it keeps trying to reconnect
     figure("server SIGTERM",
            "listeners close, agents get 1001, exit 0 within a few seconds",
@@ -356,7 +364,7 @@ def test_agent_sigterm_exits_0_and_server_sees_1001(deployment: Deployment, echo
     proxy.freeze()
     stuck = deployment.start_agent("BUS1", echo.port, wait=False, url=_via(proxy, "BUS1"))
     wait_for(lambda: proxy.accepted >= 2 and "starting" in stuck.log(), 10, "the handshake to hang")
-    time.sleep(0.5)
+    time.sleep(0.5)  # the scenario: the agent has been stuck in its handshake for a while (nothing to observe)
     started = time.monotonic()
     stuck.signal(signal.SIGTERM)
     stuck.proc.wait(10)
@@ -452,6 +460,7 @@ def test_dial_to_blackholed_address_times_out(deployment: Deployment, figure: Fi
     blackhole = Blackhole()
     try:
         assert blackhole.dial_hangs()
+        deployment.options.append("--log-format=json")
         server = deployment.start_server()
         flags = [f"--dial-timeout={dial_timeout:g}"] if dial_timeout else []
         expected = dial_timeout or 10.0
@@ -463,8 +472,8 @@ def test_dial_to_blackholed_address_times_out(deployment: Deployment, figure: Fi
         assert data == b""
         assert expected - 0.1 < took < expected + SLACK, took
         line = f"dial 127.0.0.1:{blackhole.port} timed out after {expected:g} s"
-        agent.wait_log(line)
-        server.wait_log(f"reset by peer: {line}")
+        agent.wait_line(line, service="BUS1")
+        assert f"reset by peer: {line}" in server.wait_line(line, failure="dial_failed")["reason"]
         assert deployment.status()["BUS1"]["connected"]
         figure(f"dial to a blackholed address (SYNs dropped), --dial-timeout {'default' if not dial_timeout else dial_timeout}",
                "--dial-timeout (default 10 s) closes the user's connection, with a log line naming the timeout",
@@ -480,6 +489,7 @@ def test_agent_that_never_answers_open(deployment: Deployment, figure: Figure, o
     if open_timeout:
         deployment.extra_config = f"open_timeout_seconds = {open_timeout:g}"
     deployment.write_config()
+    deployment.options.append("--log-format=json")
     server = deployment.start_server()
     why = f"the agent did not connect to its service within {expected:g} s"
 
@@ -507,7 +517,7 @@ def test_agent_that_never_answers_open(deployment: Deployment, figure: Figure, o
     assert expected - 0.1 < took < expected + SLACK, took
     assert reason == why, reason
     assert alive  # not a protocol error: only that stream ends
-    server.wait_log(why)
+    assert server.wait_line(why, failure="open_timeout")["reason"] == why
     figure(f"agent never answers OPEN, open_timeout_seconds {'default' if not open_timeout else open_timeout}",
            "the user is closed after open_timeout_seconds (default 15 s), the agent gets RST",
            f"open_timeout_seconds = {expected:g}: user closed ({how}) after {took:.2f} s; agent got RST "
@@ -530,7 +540,7 @@ def test_abort_mid_download_reaches_the_user_as_a_reset(deployment: Deployment, 
         user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
         user.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         wait_for(lambda: downloading.resets == 1, 10, "the service to reset")
-        time.sleep(0.5)
+        time.sleep(0.5)  # the scenario: the user is slow to read, the reset arrives behind unread bytes
         _, service_reset_seen, data = read_until_closed(user, 10)
         user.close()
         assert greeting.startswith(data)
@@ -539,9 +549,9 @@ def test_abort_mid_download_reaches_the_user_as_a_reset(deployment: Deployment, 
         user = socket.create_connection(("127.0.0.1", deployment.services["BUS1"]))
         user.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         wait_for(lambda: downloading.accepted == 2, 10, "the second download to start")
-        time.sleep(0.5)
+        time.sleep(0.5)  # the scenario: the user is slow to read, its buffers fill up
         agent.kill()
-        time.sleep(0.5)
+        wait_for(lambda: not _connected(deployment), 5, "the server to notice the agent is gone")
         _, agent_killed_seen, data2 = read_until_closed(user, 10)
         user.close()
         assert greeting.startswith(data2)

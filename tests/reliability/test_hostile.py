@@ -449,7 +449,7 @@ def test_slowloris_handshakes_time_out_and_server_keeps_serving(deployment: Depl
                 s.send(bytes([byte]))
             except OSError:
                 return
-            time.sleep(0.3)
+            time.sleep(0.3)  # the scenario: a slowloris dribbles one byte every 0.3 s
 
     closed_at: dict[int, float] = {}
 
@@ -555,7 +555,7 @@ def test_oversized_messages_refused_not_buffered(deployment: Deployment, figure:
         sock.close()
         return (result[0] if result else None), units, took
 
-    time.sleep(0.5)
+    time.sleep(0.5)  # part of the measurement: the base RSS once the handshakes above are released
     base = rss_kib(server.pid)
     # 1. One frame announcing 256 MiB, then up to 16 MiB of it.
     header, _ = masked_frame_header(0x2, 256 << 20)

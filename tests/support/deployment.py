@@ -48,12 +48,12 @@ class Deployment:
             lines += [f"[remote_service.{sid}]", f'nickname = "nick-{sid}"', f'local_listen_endpoint = "127.0.0.1:{port}"']
         self.config_path.write_text("\n".join(lines) + "\n")
 
-    def start_server(self, *extra: str, timeout: float = 15.0) -> Process:
+    def start_server(self, *extra: str, timeout: float = 15.0, name: str = "server") -> Process:
         """Start the server and wait until it answers /healthz (ProcessDied if it exits instead)."""
         if not self.config_path.exists():
             self.write_config()
         self.server = Process(self.programs.command(SERVER_NAME) + [str(self.config_path), *self.options, *extra],
-                              self.tmp / f"server-{time.monotonic_ns()}.log", name="server", env=self.env,
+                              self.tmp / f"server-{time.monotonic_ns()}.log", name=name, env=self.env,
                               launcher=self.programs.binaries)
         wait_for(self._http_up, timeout, f"server HTTP on {self.http_port}: {self.server.log()[-2000:]}")
         return self.server

@@ -1,0 +1,176 @@
+"""The figures of a run: rows of direct/tunnel measurements, their medians, the markdown and JSON."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.progress import progress
+from bench.settings import Settings
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    unit: str
+    direct: list[float | None] = field(default_factory=list)
+    tunnel: list[float | None] = field(default_factory=list)
+    digits: int = 2
+    ratio: bool = True  # tunnel/direct; for latencies and failures it is still tunnel/direct
+
+    def ratios(self) -> list[float]:
+        out = []
+        for d, t in zip(self.direct, self.tunnel):
+            if d is not None and t is not None and d > 0:
+                out.append(t / d)
+        return out
+
+
+def median_spread(values: list[float | None]) -> tuple[float, float, float] | None:
+    vals = [v for v in values if v is not None and v == v]
+    if not vals:
+        return None
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def fmt(stats: tuple[float, float, float] | None, digits: int, pct: bool = False) -> str:
+    if stats is None:
+        return "–"
+    med, lo, hi = stats
+    if pct:
+        text = f"{med * 100:.1f} %"
+        return text if lo == hi else f"{text} ({lo * 100:.1f}–{hi * 100:.1f})"
+    text = f"{med:,.{digits}f}"
+    return text if lo == hi else f"{text} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+
+
+class Results:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rows: dict[str, Row] = {}
+        self.memory: dict[str, Any] = {}
+        self.failures: list[str] = []
+        self.notes: list[str] = []
+        self.log_problems: list[str] = []
+        self.interruptions: list[str] = []
+        self.header: dict[str, Any] = {}
+
+    def row(self, key: str, label: str, unit: str, digits: int = 2) -> Row:
+        if key not in self.rows:
+            self.rows[key] = Row(key, label, unit, digits=digits)
+        return self.rows[key]
+
+    def fail(self, message: str) -> None:
+        progress("FAILED: " + message.splitlines()[0])
+        self.failures.append(message)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "header": self.header,
+            "settings": {k: (str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set) else v)
+                         for k, v in vars(self.settings).items()},
+            "throughput": {
+                r.key: {
+                    "label": r.label, "unit": r.unit, "direct": r.direct, "tunnel": r.tunnel,
+                    "ratio": r.ratios(),
+                    "median": {"direct": _med(r.direct), "tunnel": _med(r.tunnel), "ratio": _med(r.ratios())},
+                } for r in self.rows.values()
+            },
+            "memory": self.memory,
+            "failures": self.failures,
+            "notes": self.notes,
+            "log_problems": self.log_problems,
+            "tunnel_interruptions": self.interruptions,
+        }
+
+    def markdown(self) -> str:
+        h = self.header
+        out = [
+            f"### reverse_websockify {h.get('version', '?')} benchmark, {h.get('date', '?')}",
+            "",
+            f"- machine: {h.get('cores')} cores ({h.get('cpu')}), Linux {h.get('kernel')}, "
+            f"load average at start {h.get('loadavg_start')}",
+            f"- programs: {h.get('mode')}: {h.get('program_version')}; event loop: "
+            f"{h.get('event_loop') or 'default (auto)'}",
+            f"- Python {h.get('python')}, websockets {h.get('websockets')}; git {h.get('git')}",
+            f"- tools: {h.get('tools')}",
+            f"- {self.settings.repeat} repetition(s){' (--quick)' if self.settings.quick else ''}; "
+            f"iperf3 -t {self.settings.bulk_seconds}, wrk -t2 -d{self.settings.wrk_seconds}s, "
+            f"ab -n {self.settings.ab_requests}; median (min–max); tunnel/direct is the median of the "
+            f"per-repetition ratios; run took {h.get('duration_s', '?')} s",
+            "",
+        ]
+        if self.rows:
+            out += ["| test | unit | direct | tunnel | tunnel/direct |", "|---|---|---:|---:|---:|"]
+            for r in self.rows.values():
+                ratio = "–" if not r.ratio else fmt(median_spread(r.ratios()), 2, pct=True)
+                out.append(f"| {r.label} | {r.unit} | {fmt(median_spread(r.direct), r.digits)} | "
+                           f"{fmt(median_spread(r.tunnel), r.digits)} | {ratio} |")
+            out.append("")
+        if self.memory:
+            out += ["| memory | value |", "|---|---:|"]
+            for label, value in memory_lines(self.memory):
+                out.append(f"| {label} | {value} |")
+            out.append("")
+        for note in self.notes:
+            out.append(f"- note: {note}")
+        if self.failures:
+            out.append("")
+            out.append(f"**{len(self.failures)} failure(s):**")
+            for f in self.failures:
+                out.append(f"- `{f.splitlines()[0]}`")
+        if self.interruptions:
+            out.append("")
+            out.append(f"**{len(self.interruptions)} tunnel interruption(s)** (an agent's WebSocket broke and it "
+                       "reconnected; the next measurement waited for it):")
+            out += [f"- {i}" for i in self.interruptions]
+        if self.log_problems:
+            out.append("")
+            out.append(f"**Errors in the server/agent logs ({len(self.log_problems)} distinct, first 10):**")
+            out.append("```")
+            out += self.log_problems[:10]
+            out.append("```")
+        return "\n".join(out) + "\n"
+
+
+def _med(values: list[float | None]) -> float | None:
+    s = median_spread(values)
+    return None if s is None else s[0]
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.1f} MiB"
+
+
+def memory_lines(m: dict[str, Any]) -> list[tuple[str, str]]:
+    lines = []
+    peak = m.get("peak")
+    if peak:
+        for name, kib in peak.items():
+            lines.append((f"peak RSS (VmHWM) during the throughput tests: {name}", mib(kib)))
+    idle = m.get("idle_streams")
+    if idle:
+        n = idle["opened"]
+        lines += [
+            (f"idle streams: opened and echoed / asked", f"{n} / {idle['asked']}"),
+            (f"server RSS before → with {n} idle streams", f"{mib(idle['server_before_kib'])} → {mib(idle['server_after_kib'])}"),
+            ("server RSS per idle stream", f"{idle['server_per_stream_kib']:.1f} KiB"),
+            (f"agent RSS before → with {n} idle streams", f"{mib(idle['agent_before_kib'])} → {mib(idle['agent_after_kib'])}"),
+            ("agent RSS per idle stream", f"{idle['agent_per_stream_kib']:.1f} KiB"),
+            ("streams still open 5 s after the users closed (leak check)", str(idle["left_open_after_close"])),
+        ]
+    ag = m.get("agents")
+    if ag:
+        n = ag["attached"]
+        lines += [
+            ("idle agents attached / started", f"{n} / {ag['started']}"),
+            (f"server RSS with no agent → with {n} agents", f"{mib(ag['server_before_kib'])} → {mib(ag['server_after_kib'])}"),
+            ("server RSS per idle agent", f"{ag['server_per_agent_kib']:.1f} KiB"),
+            ("agent process RSS (median, min–max)", f"{mib(ag['agent_rss_kib'][0])} ({mib(ag['agent_rss_kib'][1])}–{mib(ag['agent_rss_kib'][2])})"),
+            ("agent process PSS, shared pages split (median)", mib(ag["agent_pss_kib_median"])),
+            ("time for all agents to attach", f"{ag['attach_seconds']:.1f} s"),
+        ]
+    return lines

@@ -1,0 +1,92 @@
+"""The benchmark's command line and the settings it makes (the defaults of --quick and of a full run)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.programs import AGENT_NAME, REPO, SERVER_NAME, Programs
+
+
+@dataclass
+class Settings:
+    quick: bool
+    repeat: int
+    bulk_seconds: int
+    wrk_seconds: int
+    ab_requests: int
+    idle_streams: int
+    agents: int
+    binaries: Path | None
+    log_level: str | None
+    only: set[str]
+    event_loop: str | None = None
+
+    @property
+    def programs(self) -> Programs:
+        """The server and agent command lines these settings ask for."""
+        return Programs(self.binaries, self.event_loop)
+
+    @property
+    def mode(self) -> str:
+        return f"binaries ({self.binaries})" if self.binaries else "package (python3 -m reverse_websockify.cli.*)"
+
+
+GROUPS = ("bulk", "requests", "connections", "stall", "idle-streams", "agents")
+
+
+def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
+    p = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark reverse_websockify against direct connections with iperf3, wrk, ab "
+        "(loopback only; stops by itself). See bench/README.md.",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="1 repetition, short durations, 50 agents: the CI smoke run (< 3 min)")
+    p.add_argument("--binaries", metavar="DIR", type=Path,
+                   help=f"run DIR/{SERVER_NAME} and DIR/{AGENT_NAME} instead of the package")
+    p.add_argument("--repeat", type=int, metavar="N", help="repetitions (default 3; 1 with --quick)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", metavar="DIR",
+                   help="where the .md and .json go (default bench/results)")
+    p.add_argument("--bulk-seconds", type=int, metavar="S", help="iperf3 -t (default 8; 2 with --quick)")
+    p.add_argument("--wrk-seconds", type=int, metavar="S", help="wrk -d (default 8; 2 with --quick)")
+    p.add_argument("--ab-requests", type=int, metavar="N", help="ab -n (default 20000; 3000 with --quick)")
+    p.add_argument("--idle-streams", type=int, metavar="N", help="idle streams through one agent (default 1000)")
+    p.add_argument("--agents", type=int, metavar="N", help="idle agents attached at once (default 200; 50 with --quick)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="passed to server and agents (default: theirs, INFO)")
+    p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"],
+                   help="passed to server and agents (default: theirs, auto = uvloop when installed)")
+    p.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of: {', '.join(GROUPS)}")
+    p.add_argument("--strict", action="store_true",
+                   help="also exit 1 when the server/agent logs hold an ERROR or traceback, or a tunnel broke")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs, configs)")
+    p.add_argument("--time-limit", type=int, metavar="S",
+                   help="abort the whole run after S seconds (default 300 with --quick, 1800 otherwise)")
+    a = p.parse_args(argv)
+    q = a.quick
+    only = set(GROUPS)
+    if a.only:
+        only = {g.strip() for g in a.only.split(",") if g.strip()}
+        unknown = only - set(GROUPS)
+        if unknown:
+            p.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
+    s = Settings(
+        quick=q,
+        repeat=a.repeat if a.repeat is not None else (1 if q else 3),
+        bulk_seconds=a.bulk_seconds or (2 if q else 8),
+        wrk_seconds=a.wrk_seconds or (2 if q else 8),
+        ab_requests=a.ab_requests or (3000 if q else 20000),
+        idle_streams=a.idle_streams if a.idle_streams is not None else 1000,
+        agents=a.agents if a.agents is not None else (50 if q else 200),
+        binaries=a.binaries.resolve() if a.binaries else None,
+        log_level=a.log_level,
+        only=only,
+        event_loop=a.event_loop,
+    )
+    if s.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if a.time_limit is None:
+        a.time_limit = 300 if q else 1800
+    return s, a
