@@ -155,13 +155,18 @@ class Session:
 
     def send_data(self, stream_id: int, payload: bytes | bytearray | memoryview) -> None:
         """Queue DATA; the caller read at most the stream's credit (never more than MAX_DATA)."""
-        self.streams[stream_id].spend(len(payload))
+        state = self.streams[stream_id]
+        if not (state.open_confirmed or self._gated):
+            raise RuntimeError(f"stream {stream_id}: DATA before OPEN_OK")
+        state.spend(len(payload))
         self._outgoing.append(encode_data(stream_id, payload))
         self.bytes_sent += len(payload)
 
     def send_fin(self, stream_id: int) -> bool:
         """Queue FIN; True when the stream is now over (the peer's FIN came before)."""
         state = self.streams[stream_id]
+        if not (state.open_confirmed or self._gated):
+            raise RuntimeError(f"stream {stream_id}: FIN before OPEN_OK")
         state.send_fin()
         self._outgoing.append(encode_fin(stream_id))
         if state.fin_received:
@@ -207,10 +212,10 @@ class Session:
         frame = decode(message)
         kind = frame.type
         stream_id = frame.stream_id
+        if kind is FrameType.OPEN:
+            return self._accept_open(stream_id, frame.text)
         state = self.streams.get(stream_id)
         if state is None:
-            if kind is FrameType.OPEN:
-                return self._accept_open(stream_id, frame.text)
             if stream_id > self.highest_id:
                 raise ProtocolError(f"{kind.name} for stream {stream_id}, which was never opened")
             return []  # the stream ended while this frame was in flight: normal
@@ -241,11 +246,13 @@ class Session:
                 raise ProtocolError(f"OPEN_OK from the server on stream {stream_id}")
             state.confirm_open()
             return [OpenConfirmed(stream_id)]
-        raise ProtocolError(f"OPEN for stream {stream_id}, which is already open")
+        raise AssertionError(f"unhandled frame type {kind!r}")  # pragma: no cover (decode knows six types)
 
     def _accept_open(self, stream_id: int, peer: str) -> list[Event]:
         if self.role == "server":
             raise ProtocolError(f"OPEN from the agent (stream {stream_id}); only the server opens streams")
+        if stream_id in self.streams:
+            raise ProtocolError(f"OPEN for stream {stream_id}, which is already open")
         if stream_id <= self.highest_id:
             raise ProtocolError(f"OPEN for stream {stream_id}; ids must increase (last was {self.highest_id})")
         self.highest_id = stream_id
