@@ -8,53 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import re
 import ssl
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
 
 from . import __version__
-from .protocol import INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
+from .config import AgentConfig
+from .errors import describe_error
 from .fdlimit import raise_soft_limit
 from .logfields import fields
-from .streams import Stream
-from .tls import is_ip, name_mismatch
+from .protocol import CLOSE_GOING_AWAY, INITIAL_WINDOW
+from .service_side import DialTarget
 from .signals import on_stop_signals
-from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, DirectClientConnection, Tunnel
+from .tls import AgentTlsSetup, name_mismatch
+from .tunnel import Tunnel
+from .wsconnection import DirectClientConnection, connection_options
 
 log = logging.getLogger("reverse_websockify.agent")
 
-WRITE_LIMIT = 4 * MAX_MESSAGE
 USER_AGENT = f"reverse_websockify_agent/{__version__}"
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    service_host: str
-    service_port: int
-    url: str
-    service_id: str
-    ssl_context: ssl.SSLContext | None = None
-    server_hostname: str | None = None
-    token: str | None = field(default=None, repr=False)
-    dial_timeout: float = 10.0
-    ping_interval: float = 8.0
-    ping_timeout: float = 10.0
-    open_timeout: float = 15.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 30.0
-    insecure: bool = False
-    check_name_ourselves: str | None = None  # an IP address: see tls.py
-
-
-class ServerNameMismatch(Exception):
-    pass
 
 
 def backoff_delays(initial: float, cap: float) -> Iterator[float]:
@@ -67,16 +44,18 @@ def backoff_delays(initial: float, cap: float) -> Iterator[float]:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, tls: AgentTlsSetup | None = None) -> None:
+        """``tls``: required for a wss:// URL (``tls.agent_tls``, built before the event loop runs)."""
         self.config = config
+        self.tls = tls
         self.tunnel: Tunnel | None = None
+        self._target = DialTarget(config.service.host, config.service.port, config.dial_timeout)
         self._stopping = asyncio.Event()
         self._name_problem: str | None = None
 
     def _name_checking_connection(self) -> type[ClientConnection]:
         """A ClientConnection that checks the server's certificate name before the HTTP request goes out."""
-        expected = self.config.check_name_ourselves
-        assert expected
+        expected = self.tls.check_name_ourselves if self.tls else None
         agent = self
 
         class NameCheckingConnection(DirectClientConnection):
@@ -90,57 +69,22 @@ class Agent:
 
         return NameCheckingConnection
 
-    async def dial(self, stream: Stream) -> None:
-        """Connect ``stream`` to the local service, or reset it with the reason."""
-        cfg = self.config
-        loop = stream.tunnel.loop if stream.tunnel is not None else asyncio.get_running_loop()
-        # A timer that cancels this task, not asyncio.wait_for: that costs a second task per dial
-        # (Python < 3.12), and a dial per user connection is the agent's hot path (bench/, ab -c32).
-        task = asyncio.current_task(loop)
-        assert task is not None
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        timer = loop.call_later(cfg.dial_timeout, expire)
-        try:
-            await loop.create_connection(lambda: stream, cfg.service_host, cfg.service_port)
-        except asyncio.CancelledError:
-            if not expired:
-                raise
-            stream.abort(f"dial {cfg.service_host}:{cfg.service_port} timed out after {cfg.dial_timeout:g} s",
-                         notify_peer=True)
-        except OSError as exc:
-            stream.abort(f"dial {cfg.service_host}:{cfg.service_port} failed: {describe_error(exc)}",
-                         notify_peer=True)
-        finally:
-            timer.cancel()
-
     def _connect(self) -> connect:
         cfg = self.config
         headers = {}
         if cfg.token:
             headers["Authorization"] = f"Bearer {cfg.token}"
         kwargs: dict[str, Any] = {"create_connection": DirectClientConnection}
-        if cfg.ssl_context is not None:
-            kwargs["ssl"] = cfg.ssl_context
-            if cfg.server_hostname and not is_ip(cfg.server_hostname):
-                kwargs["server_hostname"] = cfg.server_hostname
-            if cfg.check_name_ourselves:
+        if self.tls is not None:
+            kwargs["ssl"] = self.tls.context
+            if self.tls.server_hostname:
+                kwargs["server_hostname"] = self.tls.server_hostname
+            if self.tls.check_name_ourselves:
                 kwargs["create_connection"] = self._name_checking_connection()
         return connect(
             cfg.url,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-            compression=None,
-            max_size=MAX_MESSAGE,
-            ping_interval=cfg.ping_interval,
-            ping_timeout=cfg.ping_timeout,
-            close_timeout=CLOSE_TIMEOUT,
-            open_timeout=cfg.open_timeout,
-            write_limit=WRITE_LIMIT,
+            **connection_options(ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
+                                 open_timeout=cfg.open_timeout),
             user_agent_header=USER_AGENT,
             additional_headers=headers,
             **kwargs,
@@ -154,7 +98,7 @@ class Agent:
                      cfg.url, proxy)
         delays = backoff_delays(cfg.backoff_initial, cfg.backoff_max)
         while not self._stopping.is_set():
-            if cfg.insecure:
+            if cfg.tls is not None and cfg.tls.insecure:
                 log.warning("TLS verification is OFF (--insecure): anyone on the path can impersonate the server")
             started = time.monotonic()
             self._name_problem = None
@@ -189,7 +133,7 @@ class Agent:
         elif self._name_problem:
             log.error("server certificate rejected: %s (use --tls-server-name if the server is "
                       "reached by another name)", self._name_problem)
-        elif isinstance(exc, InvalidMessage) and self.config.ssl_context is not None:
+        elif isinstance(exc, InvalidMessage) and self.tls is not None:
             # With TLS 1.3 a refused client certificate shows up only as a closed connection.
             log.error("cannot connect to %s: the server closed the TLS connection without answering; it may "
                       "require a client certificate (--client-cert/--client-key) or refuse this one (%s)",
@@ -199,9 +143,9 @@ class Agent:
 
     async def _serve(self, connection: ClientConnection, started: float) -> None:
         cfg = self.config
-        log.info("connected to %s as service %s; relaying to %s:%d", cfg.url, cfg.service_id,
-                 cfg.service_host, cfg.service_port)
-        tunnel = Tunnel(connection, role="agent", service_id=cfg.service_id, dialer=self.dial, window=INITIAL_WINDOW)
+        log.info("connected to %s as service %s; relaying to %s", cfg.url, cfg.service_id, self._target)
+        tunnel = Tunnel(connection, role="agent", service_id=cfg.service_id, window=INITIAL_WINDOW,  # type: ignore[arg-type]
+                        dial_target=self._target)
         self.tunnel = tunnel
         try:
             await tunnel.run()
@@ -250,19 +194,3 @@ def proxy_for(url: str) -> str | None:
         return get_proxy(parse_uri(url))
     except Exception:  # an unusable proxy setting surfaces as a connect error instead
         return None
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for a connection error, with its cause (e.g. the TLS alert behind a failed handshake)."""
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"  # e.g. TLSV13_ALERT_CERTIFICATE_REQUIRED
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)  # asyncio's own strerror ("Connect call failed (...)") says less
-    text = str(exc)
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and cause is not exc:
-        line += f" ({describe_error(cause)})"
-    return line

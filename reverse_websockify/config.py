@@ -1,7 +1,8 @@
-"""Server configuration: TOML file -> frozen dataclasses.
+"""Configuration of both programs -> frozen dataclasses: the server's TOML file, the agent's flags.
 
-Every error is a ConfigError whose message names the file and the key, so the
-CLI can print exactly one line and exit 2 before anything listens.
+Every error is a ConfigError whose message names the file and the key (or the
+flag), so the CLI can print exactly one line and exit 2 before anything listens
+or connects.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+from .protocol import AGENT_PATH_PREFIX
 
 
 class ConfigError(Exception):
@@ -236,4 +240,105 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         max_streams_per_agent=max_streams,
         trusted_proxies=tuple(str(p) for p in proxies),
         tls=tls,
+    )
+
+
+# -- the agent ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentTls:
+    """How the agent checks the server (wss://) and proves itself (client certificate)."""
+
+    ca_cert: str | None = None  # None: the system's trusted CAs
+    client_cert: str | None = None
+    client_key: str | None = None
+    server_name: str | None = None  # the name the certificate must carry, when not the URL's host
+    insecure: bool = False  # no verification at all (logged as a WARNING at every attempt)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    service: Endpoint  # --service: the local TCP service every stream is connected to
+    url: str  # --reverse-websockify
+    service_id: str  # the <ID> of .../forward_to_me/<ID>
+    tls: AgentTls | None = None  # set exactly for wss:// URLs
+    token: str | None = field(default=None, repr=False)
+    dial_timeout: float = 10.0
+    ping_interval: float = 8.0
+    ping_timeout: float = 10.0
+    open_timeout: float = 15.0  # the WebSocket handshake, TLS included
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+
+    @property
+    def host(self) -> str:
+        """The host name of the URL."""
+        return urlsplit(self.url).hostname or ""
+
+
+def agent_config(
+    *,
+    service: str | None,
+    url: str | None,
+    ca_cert: str | None = None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+    tls_server_name: str | None = None,
+    insecure: bool = False,
+    token: str | None = None,
+    token_file: str | None = None,
+    token_env: str | None = None,
+    dial_timeout: float = 10.0,
+    ping_interval: float = 8.0,
+    ping_timeout: float = 10.0,
+    max_backoff: float = 30.0,
+) -> AgentConfig:
+    """Validate the agent's flags; every error is one line naming the flag (ConfigError)."""
+    if not service:
+        raise ConfigError("--service=HOST:PORT is required")
+    if not url:
+        raise ConfigError("--reverse-websockify=URL is required")
+    endpoint = parse_endpoint(service, "--service")
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(f"--reverse-websockify: {url!r} must be a ws:// or wss:// URL")
+    path = unquote(parts.path)
+    prefix = AGENT_PATH_PREFIX
+    if not path.startswith(prefix) or len(path) == len(prefix) or "/" in path[len(prefix):]:
+        raise ConfigError(f"--reverse-websockify: {url!r} must end in {prefix}<ID>")
+    for name, value in (("dial-timeout", dial_timeout), ("ping-interval", ping_interval),
+                        ("ping-timeout", ping_timeout), ("max-backoff", max_backoff)):
+        if not 0 < value < math.inf:
+            raise ConfigError(f"--{name} must be positive")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file: {token_file}: {exc.strerror or exc}") from None
+        if not token:
+            raise ConfigError(f"--token-file: {token_file} is empty")
+    token = token or token_env or None
+    tls = None
+    if parts.scheme == "wss":
+        if client_key and not client_cert:
+            raise ConfigError("--client-key needs --client-cert")
+        tls = AgentTls(ca_cert, client_cert, client_key, tls_server_name, insecure)
+    else:
+        for flag, value in (("client-cert", client_cert), ("client-key", client_key), ("ca-cert", ca_cert),
+                            ("tls-server-name", tls_server_name)):
+            if value:
+                raise ConfigError(f"--{flag} needs a wss:// URL; {url!r} is plain ws://")
+        if insecure:
+            raise ConfigError("--insecure needs a wss:// URL")
+    return AgentConfig(
+        service=endpoint,
+        url=url,
+        service_id=path[len(prefix):],
+        tls=tls,
+        token=token,
+        dial_timeout=dial_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        backoff_max=max_backoff,
     )

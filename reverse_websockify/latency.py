@@ -15,17 +15,15 @@ BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 
 
 class LatencyHistogram:
-    __slots__ = ("counts", "total", "count")
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)  # the last is +Inf
         self.total = 0.0
-        self.count = 0
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.total += seconds
-        self.count += 1
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, cumulative count) pairs, Prometheus style, ending with +Inf."""

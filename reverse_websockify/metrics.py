@@ -17,7 +17,7 @@ from . import __version__
 from .reasons import StreamFailure
 
 if TYPE_CHECKING:
-    from .server import Service
+    from .service import Service
 
 PREFIX = "reverse_websockify"
 
@@ -54,12 +54,12 @@ class ServiceCollector(Collector):
             relayed.add_metric([sid, "from_service"], snap["bytes_from_service"])
             opened.add_metric([sid], snap["streams_opened_total"])
             for reason in StreamFailure:
-                failed.add_metric([sid, reason.value], service.streams_failed.get(reason, 0))
+                failed.add_metric([sid, reason.value], service.stats.failures.get(reason, 0))
             connects.add_metric([sid], service.agent_connects)
             disconnects.add_metric([sid], service.agent_disconnects)
             online.add_metric([sid], 1 if snap["connected"] else 0)
             active.add_metric([sid], snap["client_connection_count"])
-            hist = service.open_latency
+            hist = service.stats.latency
             latency.add_metric([sid], hist.cumulative(), sum_value=hist.total)
         yield from (relayed, opened, failed, connects, disconnects, online, active, latency)
 

@@ -46,6 +46,12 @@ MAX_MESSAGE = HEADER_SIZE + MAX_DATA
 
 MAX_REASON = 1024  # bytes of RST reason / OPEN peer address we keep
 
+# WebSocket close codes this protocol uses (RFC 6455 section 7.4; 4000-4999 are ours).
+CLOSE_GOING_AWAY = 1001  # the agent or the server is shutting down, or the service was removed
+CLOSE_PROTOCOL_ERROR = 1002  # the peer broke this protocol (the reason says how)
+CLOSE_ABNORMAL = 1006  # no close frame: the link was cut (never sent, only reported)
+CLOSE_REPLACED = 4000  # a newer agent for the same service ID took over
+
 
 class FrameType(enum.IntEnum):
     OPEN = 1
@@ -95,10 +101,18 @@ def encode_open_ok(stream_id: int) -> bytes:
     return _header(FrameType.OPEN_OK, stream_id)
 
 
-def encode_data(stream_id: int, payload: bytes) -> bytes:
+def encode_data(stream_id: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """One DATA frame; the payload is copied once, into the frame."""
     if not 0 < len(payload) <= MAX_DATA:
         raise ValueError(f"DATA payload of {len(payload)} bytes; 1..{MAX_DATA} allowed")
     return _header(FrameType.DATA, stream_id) + payload
+
+
+def peek_stream_id(message: bytes | bytearray | memoryview | str) -> int:
+    """The stream id of a message that may not decode (for logging an unexpected error); 0 if none."""
+    if isinstance(message, str) or len(message) < HEADER_SIZE:
+        return 0
+    return int(HEADER.unpack_from(message)[1])
 
 
 def encode_window(stream_id: int, increment: int) -> bytes:

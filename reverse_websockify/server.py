@@ -1,22 +1,17 @@
-"""The rendezvous server: HTTP routes, one TCP listener per service, the agent registry.
+"""The rendezvous server: HTTP routes (agents, status, metrics), one TCP listener per service, reload.
 
-A Service is one ``[remote_service.<ID>]``: its listener, its current agent's
-tunnel (a newer agent replaces an older one: the old link is usually a dead
-cellular connection), users waiting for an agent, and counters for the
-status page.
+What happens per service — users waiting, the attached agent, counters — is
+``service.py``; this module routes requests to it and runs the process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import hmac
 import ipaddress
 import logging
 import os
 import signal
-import time
-from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,184 +21,20 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from . import __version__, status
-from .config import ConfigError, ServerConfig, ServiceConfig, load
-from .protocol import AGENT_PATH_PREFIX, INITIAL_WINDOW, MAX_MESSAGE, SUBPROTOCOL
-from .streams import Stream
+from .config import ConfigError, ServerConfig, load
 from .fdlimit import FdWatch, raise_soft_limit
-from .latency import LatencyHistogram
-from .reasons import StreamFailure
 from .logfields import fields
+from .protocol import AGENT_PATH_PREFIX, CLOSE_GOING_AWAY, INITIAL_WINDOW, SUBPROTOCOL
+from .service import Service
 from .signals import on_stop_signals
-from .tunnel import CLOSE_TIMEOUT, CLOSE_GOING_AWAY, CLOSE_REPLACED, DirectServerConnection, Tunnel
+from .tunnel import Tunnel
+from .wsconnection import DirectServerConnection, connection_options
 
 log = logging.getLogger("reverse_websockify.server")
-
-# websockets awaits drain() above this many buffered bytes; a few frames' worth
-# keeps the socket busy without letting the queue hide backpressure.
-WRITE_LIMIT = 4 * MAX_MESSAGE
 
 
 class StartupError(Exception):
     """The server cannot start (e.g. a port is taken); one line for the user."""
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-class Service:
-    def __init__(self, config: ServiceConfig, server_config: ServerConfig) -> None:
-        self.config = config
-        self.server_config = server_config
-        self.service_id = config.id
-        self.listener: asyncio.Server | None = None
-        self.tunnel: Tunnel | None = None
-        self.agent_address = ""
-        self.agent_version = ""
-        self.connected_since: str | None = None
-        self.connected_at = 0.0
-        self.last_disconnect_reason = ""
-        self.waiting: dict[Stream, asyncio.TimerHandle | None] = {}
-        self.disconnected_at: float | None = None  # wall clock, for "offline for ..."
-        # counters of tunnels that have ended; the live tunnel's are added on read
-        self._bytes_to_service = 0
-        self._bytes_from_service = 0
-        self._streams_opened = 0
-        self.agent_connects = 0
-        self.agent_disconnects = 0
-        self.streams_failed: collections.Counter[StreamFailure] = collections.Counter()
-        self.open_latency = LatencyHistogram()
-
-    # -- TunnelObserver --------------------------------------------------------------
-
-    def stream_failed(self, reason: StreamFailure) -> None:
-        self.streams_failed[reason] += 1
-
-    def stream_ready(self, seconds: float) -> None:
-        self.open_latency.observe(seconds)
-
-    # -- users (StreamOwner) --------------------------------------------------------
-
-    def stream_connected(self, stream: Stream) -> None:
-        if self.tunnel is not None and not self.tunnel.closed:
-            self.tunnel.open_stream(stream)
-            return
-        wait = self.server_config.agent_wait
-        limit = self.server_config.max_streams_per_agent
-        if len(self.waiting) >= limit:
-            log.warning("service %s: %d users already wait for an agent, the limit (max_streams_per_agent); "
-                        "refusing user %s", self.service_id, limit, stream.peer,
-                        extra=fields(self.service_id, peer=stream.peer, reason="too many waiting",
-                                     failure=StreamFailure.TOO_MANY_STREAMS.value))
-            self.stream_failed(StreamFailure.TOO_MANY_STREAMS)
-            stream.abort("too many users waiting", notify_peer=False)
-            return
-        if wait <= 0:
-            log.info("service %s: no agent attached; closing user %s", self.service_id, stream.peer,
-                     extra=fields(self.service_id, peer=stream.peer, reason="no agent",
-                                  failure=StreamFailure.NO_AGENT.value))
-            self.stream_failed(StreamFailure.NO_AGENT)
-            stream.abort("no agent attached", notify_peer=False)
-            return
-        log.info("service %s: no agent attached; user %s waits up to %g s", self.service_id, stream.peer, wait,
-                 extra=fields(self.service_id, peer=stream.peer))
-        loop = asyncio.get_running_loop()
-        self.waiting[stream] = loop.call_later(wait, self._wait_expired, stream)
-
-    def stream_lost(self, stream: Stream) -> None:
-        timer = self.waiting.pop(stream, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _wait_expired(self, stream: Stream) -> None:
-        if self.waiting.pop(stream, None) is not None:
-            log.info("service %s: no agent came within %g s; closing user %s",
-                     self.service_id, self.server_config.agent_wait, stream.peer,
-                     extra=fields(self.service_id, peer=stream.peer, reason="no agent",
-                                  failure=StreamFailure.NO_AGENT.value))
-            self.stream_failed(StreamFailure.NO_AGENT)
-            stream.abort("no agent attached", notify_peer=False)
-
-    # -- agents ------------------------------------------------------------------------
-
-    def attach(self, tunnel: Tunnel, address: str, version: str) -> None:
-        old = self.tunnel
-        if old is not None:
-            log.warning("service %s: agent %s replaces the agent from %s", self.service_id, address,
-                        self.agent_address, extra=fields(self.service_id, peer=address, reason="replaced"))
-            self._retire(old)
-            asyncio.get_running_loop().create_task(old.close(CLOSE_REPLACED, "replaced by a newer agent connection"))
-        self.tunnel = tunnel
-        self.agent_address = address
-        self.agent_version = version
-        self.connected_since = _now_iso()
-        self.connected_at = time.monotonic()
-        self.agent_connects += 1
-        log.info("service %s: agent connected from %s (%s)", self.service_id, address, version or "unknown version",
-                 extra=fields(self.service_id, peer=address, agent_version=version))
-        waiting, self.waiting = self.waiting, {}
-        for stream, timer in waiting.items():
-            if timer is not None:
-                timer.cancel()
-            tunnel.open_stream(stream)
-
-    def detach(self, tunnel: Tunnel) -> None:
-        if self.tunnel is tunnel:
-            self._retire(tunnel)
-            self.tunnel = None
-            self.connected_since = None
-            self.disconnected_at = time.time()
-            self.agent_disconnects += 1
-            self.last_disconnect_reason = tunnel.close_reason
-            duration = time.monotonic() - self.connected_at
-            log.info("service %s: agent %s disconnected after %.1f s: %s", self.service_id,
-                     self.agent_address, duration, tunnel.close_reason,
-                     extra=fields(self.service_id, peer=self.agent_address, reason=tunnel.close_reason,
-                                  close_code=tunnel.close_code, duration_seconds=round(duration, 3)))
-
-    async def shut_down(self, reason: str) -> None:
-        """Stop listening, close waiting users and the agent (1001)."""
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-        waiting, self.waiting = self.waiting, {}
-        for stream, timer in waiting.items():
-            if timer is not None:
-                timer.cancel()
-            stream.abort(reason, notify_peer=False)
-        if self.tunnel is not None:
-            await self.tunnel.close(CLOSE_GOING_AWAY, reason)
-
-    def _retire(self, tunnel: Tunnel) -> None:
-        self._bytes_to_service += tunnel.bytes_sent
-        self._bytes_from_service += tunnel.bytes_received
-        self._streams_opened += tunnel.streams_opened
-        tunnel.bytes_sent = tunnel.bytes_received = tunnel.streams_opened = 0
-
-    # -- status -------------------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        tunnel = self.tunnel
-        live = tunnel is not None and not tunnel.closed
-        active = len(self.waiting) + (len(tunnel.streams) if tunnel is not None else 0)
-        return {
-            "nickname": self.config.nickname,
-            "forward_at": str(self.config.listen),
-            "service_connection_since": self.connected_since if live else None,
-            "service_connection_info": self.agent_address if live else None,
-            "client_connection_count": active,
-            "connected": live,
-            "agent_address": self.agent_address or None,
-            "agent_version": self.agent_version or None,
-            "bytes_to_service": self._bytes_to_service + (tunnel.bytes_sent if tunnel else 0),
-            "bytes_from_service": self._bytes_from_service + (tunnel.bytes_received if tunnel else 0),
-            "streams_opened_total": self._streams_opened + (tunnel.streams_opened if tunnel else 0),
-            "last_disconnect_reason": self.last_disconnect_reason or None,
-            "connected_for_seconds": round(time.monotonic() - self.connected_at, 1) if live else None,
-            "disconnected_since": (datetime.fromtimestamp(self.disconnected_at, timezone.utc).isoformat(
-                timespec="seconds").replace("+00:00", "Z") if not live and self.disconnected_at else None),
-            "streams_failed": {reason.value: n for reason, n in self.streams_failed.items()},
-        }
 
 
 def _response(code: HTTPStatus, body: bytes | str, content_type: str = "text/plain; charset=utf-8") -> Response:
@@ -243,14 +74,8 @@ class RendezvousServer:
                 http.host,
                 http.port,
                 process_request=self._route,
-                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                compression=None,
-                max_size=MAX_MESSAGE,
-                ping_interval=self.config.ping_interval,
-                ping_timeout=self.config.ping_timeout,
-                close_timeout=CLOSE_TIMEOUT,
-                open_timeout=self.config.handshake_timeout,
-                write_limit=WRITE_LIMIT,
+                **connection_options(ping_interval=self.config.ping_interval, ping_timeout=self.config.ping_timeout,
+                                     open_timeout=self.config.handshake_timeout),
                 server_header=f"reverse_websockify/{__version__}",
                 ssl=self._ssl_context(),
                 reuse_address=True,
@@ -269,8 +94,7 @@ class RendezvousServer:
         service.listener = await self._bind(
             f"remote_service.{service.service_id}.local_listen_endpoint",
             listen,
-            loop.create_server(lambda: Stream(owner=service, window=INITIAL_WINDOW),
-                               listen.host, listen.port, reuse_address=True, backlog=1024),
+            loop.create_server(service.new_user, listen.host, listen.port, reuse_address=True, backlog=1024),
         )
 
     async def reload(self) -> None:
@@ -411,7 +235,7 @@ class RendezvousServer:
             service = self.services.get(path[len("/ready/"):])
             if service is None:
                 return _response(HTTPStatus.NOT_FOUND, "unknown service ID\n")
-            if service.tunnel is not None and not service.tunnel.closed:
+            if service.agent_attached:
                 return _response(HTTPStatus.OK, "agent attached\n")
             return _response(HTTPStatus.SERVICE_UNAVAILABLE, "no agent attached\n")
         if not path.startswith(AGENT_PATH_PREFIX):
@@ -459,7 +283,7 @@ class RendezvousServer:
             window=INITIAL_WINDOW,
             max_streams=self.config.max_streams_per_agent,
             open_timeout=self.config.open_timeout,
-            observer=service,
+            stats=service.stats,
         )
         service.attach(tunnel, address, version)
         try:
@@ -469,18 +293,3 @@ class RendezvousServer:
             raise
         finally:
             service.detach(tunnel)
-
-
-async def run(config: ServerConfig) -> None:
-    server = RendezvousServer(config)
-    await server.serve_forever()
-
-
-def main() -> None:  # `python -m reverse_websockify.server`
-    from .cli.server import main as cli_main
-
-    cli_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,62 +1,77 @@
-"""One stream's bookkeeping: credit both ways and the FIN/RST state — pure, no I/O.
+"""One stream's state machine, seen from one side: credit both ways, OPEN_OK, FIN and RST — pure, no I/O.
 
-The I/O side (streams.py) asks this object before every action, so the rules
-of docs/protocol.md are enforced in one place that tests can drive directly.
+The Session keeps one per stream and asks it before every frame it emits or
+accepts, so the rules of docs/protocol.md live in one place that tests drive
+directly. A stream moves through these states::
+
+    opening --OPEN_OK--> open --FIN sent--> half-closed (local)  --FIN received--> finished
+                          \\---FIN received--> half-closed (remote) --FIN sent----/
+    any state --RST sent or received--> reset (finished)
+
+``opening`` exists on the server only: it sent OPEN and waits for OPEN_OK.
 """
 
 from __future__ import annotations
 
+from .flow import ReceiveWindow
 from .protocol import INITIAL_WINDOW, MAX_CREDIT, ProtocolError
 
 
 class StreamState:
-    """Flow control and half-close state of one stream, seen from one side.
+    """Flow control and half-close state of one stream.
 
-    ``send_credit`` is what we may still send; ``recv_allowance`` is what the
-    peer may still send us. Credit for received bytes goes back to the peer
-    only once they were delivered (written out and drained), in batches of at
-    least half a window, so a reader that stops reading stops its own stream
-    and nothing else.
+    ``send_credit`` is what we may still send; the ReceiveWindow holds what the
+    peer may still send us and the credit we owe it.
     """
 
-    __slots__ = (
-        "stream_id",
-        "window",
-        "send_credit",
-        "recv_allowance",
-        "delivered_unreturned",
-        "fin_sent",
-        "fin_received",
-        "reset",
-        "open_confirmed",
-    )
+    __slots__ = ("stream_id", "send_credit", "receive_window", "fin_sent", "fin_received", "is_reset",
+                 "open_confirmed")
 
     def __init__(self, stream_id: int, window: int = INITIAL_WINDOW) -> None:
         self.stream_id = stream_id
-        self.window = window
         self.send_credit = window
-        self.recv_allowance = window
-        self.delivered_unreturned = 0
+        self.receive_window = ReceiveWindow(window)
         self.fin_sent = False
         self.fin_received = False
-        self.reset = False
+        self.is_reset = False
         self.open_confirmed = False
 
     @property
+    def window(self) -> int:
+        return self.receive_window.size
+
+    @property
+    def recv_allowance(self) -> int:
+        return self.receive_window.allowance
+
+    @property
+    def delivered_unreturned(self) -> int:
+        return self.receive_window.unreturned
+
+    @property
     def finished(self) -> bool:
-        return self.reset or (self.fin_sent and self.fin_received)
+        return self.is_reset or (self.fin_sent and self.fin_received)
+
+    @property
+    def can_send(self) -> bool:
+        """DATA may still go out (credit permitting)."""
+        return not (self.fin_sent or self.is_reset)
 
     def confirm_open(self) -> None:
-        """OPEN_OK arrived (server side)."""
+        """OPEN_OK: sent by the agent once its dial succeeded, received by the server."""
         if self.open_confirmed:
             raise ProtocolError(f"second OPEN_OK on stream {self.stream_id}")
         self.open_confirmed = True
+
+    def reset(self) -> None:
+        """RST sent or received: both directions end now."""
+        self.is_reset = True
 
     # -- our sending direction -------------------------------------------------
 
     def spend(self, size: int) -> None:
         """Account for DATA we are about to send."""
-        if self.fin_sent or self.reset:
+        if self.fin_sent or self.is_reset:
             raise RuntimeError(f"stream {self.stream_id}: DATA after FIN or RST")
         if not 0 < size <= self.send_credit:
             raise RuntimeError(f"stream {self.stream_id}: {size} bytes exceed credit {self.send_credit}")
@@ -79,21 +94,14 @@ class StreamState:
         """The peer sent DATA of ``size`` bytes."""
         if self.fin_received:
             raise ProtocolError(f"DATA after FIN on stream {self.stream_id}")
-        if size > self.recv_allowance:
-            raise ProtocolError(
-                f"DATA of {size} bytes on stream {self.stream_id} exceeds the granted credit of {self.recv_allowance}"
-            )
-        self.recv_allowance -= size
+        self.receive_window.received(size, self.stream_id)
 
     def delivered(self, size: int) -> int:
-        """``size`` received bytes left our process; return the WINDOW increment to send now (0: none yet)."""
-        self.delivered_unreturned += size
-        if self.fin_received or self.reset or self.delivered_unreturned < self.window // 2:
-            return 0
-        increment = self.delivered_unreturned
-        self.delivered_unreturned = 0
-        self.recv_allowance += increment
-        return increment
+        """``size`` received bytes left our process; return the WINDOW increment to send now (0: none yet).
+
+        Never once the peer's FIN came (it will send no more) or the stream was reset.
+        """
+        return self.receive_window.delivered(size, more_expected=not (self.fin_received or self.is_reset))
 
     def receive_fin(self) -> None:
         if self.fin_received:

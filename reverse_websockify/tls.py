@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .config import AgentTls
 
 
 class TlsSetupError(Exception):
@@ -30,32 +33,42 @@ def _load(action: str, where: str, path: Path | str, load: Any) -> None:
         raise TlsSetupError(f"{where}: {path}: {exc.strerror or exc}") from None
 
 
-def agent_context(
-    *,
-    ca_cert: str | None,
-    client_cert: str | None,
-    client_key: str | None,
-    insecure: bool = False,
-) -> ssl.SSLContext:
+@dataclass(frozen=True)
+class AgentTlsSetup:
+    """The agent's SSLContext, and the IP address it checks itself (Python cannot, see ``name_mismatch``)."""
+
+    context: ssl.SSLContext
+    server_hostname: str | None  # SNI and certificate name, when not the URL's host (never an IP)
+    check_name_ourselves: str | None
+
+
+def agent_tls(tls: AgentTls, url_host: str) -> AgentTlsSetup:
     """TLS for the agent's wss:// connection: verify the server, present our certificate."""
     context = ssl.create_default_context()
     # Python 3.13 turns on RFC 5280 strictness by default; the seed's openssl
     # commands make certificates that predate it. Chain and name are still checked.
     context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
-    if insecure:
+    if tls.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    elif ca_cert:
+    elif tls.ca_cert:
+        ca_cert = tls.ca_cert
         _load("read a CA certificate", "--ca-cert", ca_cert, lambda: context.load_verify_locations(cafile=ca_cert))
-    if client_cert:
-        key = client_key or None
+    if tls.client_cert:
+        cert, key = tls.client_cert, tls.client_key or None
         _load(
             "load the client certificate and key",
             "--client-cert/--client-key",
-            f"{client_cert} / {key or client_cert}",
-            lambda: context.load_cert_chain(client_cert, key),
+            f"{cert} / {key or cert}",
+            lambda: context.load_cert_chain(cert, key),
         )
-    return context
+    expected = tls.server_name or url_host
+    check_name = None
+    if not tls.insecure and is_ip(expected):
+        context.check_hostname = False  # checked by name_mismatch right after the handshake, before any HTTP
+        check_name = expected
+    server_hostname = tls.server_name if tls.server_name and not is_ip(tls.server_name) else None
+    return AgentTlsSetup(context, server_hostname, check_name)
 
 
 def server_context(tls: Any, where: str) -> ssl.SSLContext:

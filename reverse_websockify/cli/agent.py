@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from .common import (
     OneLineParser,
@@ -64,81 +62,33 @@ def main(argv: list[str] | None = None) -> None:
     if args.version:
         print(version_text(PROGRAM))
         return
-    if not args.service:
-        fail("--service=HOST:PORT is required")
-    if not args.url:
-        fail("--reverse-websockify=URL is required")
-    from ..config import ConfigError, parse_endpoint
+    from ..config import ConfigError, agent_config
 
     try:
-        service = parse_endpoint(args.service, "--service")
+        config = agent_config(
+            service=args.service, url=args.url, ca_cert=args.ca_cert, client_cert=args.client_cert,
+            client_key=args.client_key, tls_server_name=args.tls_server_name, insecure=args.insecure,
+            token=args.token, token_file=args.token_file, token_env=os.environ.get(TOKEN_ENV),
+            dial_timeout=args.dial_timeout, ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
+            max_backoff=args.max_backoff,
+        )
     except ConfigError as exc:
         fail(str(exc))
-    url = urlsplit(args.url)
-    if url.scheme not in ("ws", "wss") or not url.hostname:
-        fail(f"--reverse-websockify: {args.url!r} must be a ws:// or wss:// URL")
-    prefix = "/forward_to_me/"
-    path = unquote(url.path)
-    if not path.startswith(prefix) or len(path) == len(prefix) or "/" in path[len(prefix):]:
-        fail(f"--reverse-websockify: {args.url!r} must end in /forward_to_me/<ID>")
-    for name in ("dial_timeout", "ping_interval", "ping_timeout", "max_backoff"):
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive")
-    token = args.token
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            fail(f"--token-file: {args.token_file}: {exc.strerror or exc}")
-        if not token:
-            fail(f"--token-file: {args.token_file} is empty")
-    token = token or os.environ.get(TOKEN_ENV) or None
+    tls = None
+    if config.tls is not None:
+        from ..tls import TlsSetupError, agent_tls
 
-    ssl_context = None
-    check_name = None
-    if url.scheme == "wss":
-        from ..tls import TlsSetupError, agent_context, is_ip
-
-        if bool(args.client_cert) != bool(args.client_key) and not args.client_cert:
-            fail("--client-key needs --client-cert")
         try:
-            ssl_context = agent_context(ca_cert=args.ca_cert, client_cert=args.client_cert,
-                                        client_key=args.client_key, insecure=args.insecure)
+            tls = agent_tls(config.tls, config.host)
         except TlsSetupError as exc:
             fail(str(exc))
-        expected = args.tls_server_name or url.hostname
-        if not args.insecure and is_ip(expected):
-            ssl_context.check_hostname = False  # checked by tls.name_mismatch before any HTTP goes out
-            check_name = expected
-    else:
-        for name in ("client_cert", "client_key", "ca_cert", "tls_server_name"):
-            if getattr(args, name):
-                fail(f"--{name.replace('_', '-')} needs a wss:// URL; {args.url!r} is plain ws://")
-        if args.insecure:
-            fail("--insecure needs a wss:// URL")
-
-    from ..agent import Agent, AgentConfig
-
-    config = AgentConfig(
-        service_host=service.host,
-        service_port=service.port,
-        url=args.url,
-        service_id=path[len(prefix):],
-        ssl_context=ssl_context,
-        server_hostname=args.tls_server_name,
-        token=token,
-        dial_timeout=args.dial_timeout,
-        ping_interval=args.ping_interval,
-        ping_timeout=args.ping_timeout,
-        backoff_max=args.max_backoff,
-        insecure=args.insecure,
-        check_name_ourselves=check_name,
-    )
     configure_logging(args.log_level, args.log_format, service=config.service_id)
+
+    from ..agent import Agent
 
     async def serve() -> None:
         logging.getLogger("reverse_websockify.agent").info("%s starting on %s", version_text(PROGRAM), loop_name())
-        await Agent(config).serve_forever()
+        await Agent(config, tls).serve_forever()
 
     try:
         run_event_loop(serve, args.event_loop)

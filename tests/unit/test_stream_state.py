@@ -21,7 +21,7 @@ def test_initial_state() -> None:
     assert s.stream_id == 7
     assert s.window == s.send_credit == s.recv_allowance == INITIAL_WINDOW
     assert s.delivered_unreturned == 0
-    assert not (s.fin_sent or s.fin_received or s.reset or s.finished or s.open_confirmed)
+    assert not (s.fin_sent or s.fin_received or s.is_reset or s.finished or s.open_confirmed)
 
 
 def test_custom_window() -> None:
@@ -91,7 +91,7 @@ def test_spend_after_fin_or_reset_raises() -> None:
     with pytest.raises(RuntimeError, match="after FIN"):
         s.spend(1)
     s = StreamState(1)
-    s.reset = True
+    s.reset()
     with pytest.raises(RuntimeError):
         s.spend(1)
 
@@ -189,7 +189,7 @@ def test_no_credit_returned_after_fin_received() -> None:
 def test_no_credit_returned_after_reset() -> None:
     s = StreamState(1)
     s.received(W)
-    s.reset = True
+    s.reset()
     assert s.delivered(W) == 0
 
 
@@ -238,7 +238,7 @@ def test_finished_needs_both_fins() -> None:
 
 def test_reset_finishes_at_once() -> None:
     s = StreamState(1)
-    s.reset = True
+    s.reset()
     assert s.finished
 
 

@@ -1,0 +1,171 @@
+"""One ``[remote_service.<ID>]`` on the server: its users, its agent, its counters.
+
+Users who connect while no agent is attached wait (not read) up to
+``agent_wait_seconds``, because a cellular agent typically comes back within
+seconds. A newer agent replaces the attached one: the old link is usually a
+dead cellular connection that keepalive has not caught yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .config import ServerConfig, ServiceConfig
+from .logfields import fields
+from .protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED
+from .reasons import StreamFailure
+from .stats import OpenStats
+from .tunnel import Tunnel
+from .user_side import WaitingUser, refuse_user
+
+log = logging.getLogger("reverse_websockify.server")
+
+
+def iso_utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, server_config: ServerConfig) -> None:
+        self.config = config
+        self.server_config = server_config
+        self.service_id = config.id
+        self.listener: asyncio.Server | None = None
+        self.tunnel: Tunnel | None = None
+        self.agent_address = ""
+        self.agent_version = ""
+        self.connected_since: str | None = None
+        self.connected_at = 0.0
+        self.disconnected_at: float | None = None  # wall clock, for "offline for ..."
+        self.last_disconnect_reason = ""
+        self.waiting: set[WaitingUser] = set()
+        self.stats = OpenStats()
+        # counters of tunnels that have ended; the live tunnel's are added on read
+        self._bytes_to_service = 0
+        self._bytes_from_service = 0
+        self._streams_opened = 0
+        self.agent_connects = 0
+        self.agent_disconnects = 0
+
+    @property
+    def agent_attached(self) -> bool:
+        return self.tunnel is not None and not self.tunnel.closed
+
+    def new_user(self) -> WaitingUser:
+        """The listener's protocol factory: every accepted connection starts as a waiting user."""
+        return WaitingUser(self.service_id, self._user_arrived, self.waiting.discard)
+
+    # -- users ----------------------------------------------------------------------------
+
+    def _user_arrived(self, user: WaitingUser) -> None:
+        if self.tunnel is not None and not self.tunnel.closed:
+            self._give_stream(self.tunnel, user)
+            return
+        wait = self.server_config.agent_wait
+        limit = self.server_config.max_streams_per_agent
+        if len(self.waiting) >= limit:
+            refuse_user(user, f"{limit} users already wait for an agent, the limit (max_streams_per_agent); "
+                        "refusing user", self.stats, StreamFailure.TOO_MANY_STREAMS, reason="too many waiting",
+                        level=logging.WARNING)
+            return
+        if wait <= 0:
+            refuse_user(user, "no agent attached; closing user", self.stats, StreamFailure.NO_AGENT,
+                        reason="no agent")
+            return
+        log.info("service %s: no agent attached; user %s waits up to %g s", self.service_id, user.peer, wait,
+                 extra=fields(self.service_id, peer=user.peer))
+        self.waiting.add(user)
+        user.wait_for_agent(wait, self._wait_expired)
+
+    def _wait_expired(self, user: WaitingUser) -> None:
+        if user in self.waiting:
+            self.waiting.discard(user)
+            refuse_user(user, f"no agent came within {self.server_config.agent_wait:g} s; closing user", self.stats,
+                        StreamFailure.NO_AGENT, reason="no agent")
+
+    def _give_stream(self, tunnel: Tunnel, user: WaitingUser) -> None:
+        if not tunnel.open_stream(user):
+            refuse_user(user, f"{tunnel.stream_count} streams open, the limit; refusing user", self.stats,
+                        StreamFailure.TOO_MANY_STREAMS, level=logging.WARNING)
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def attach(self, tunnel: Tunnel, address: str, version: str) -> None:
+        old = self.tunnel
+        if old is not None:
+            log.warning("service %s: agent %s replaces the agent from %s", self.service_id, address,
+                        self.agent_address, extra=fields(self.service_id, peer=address, reason="replaced"))
+            self._retire(old)
+            asyncio.get_running_loop().create_task(old.close(CLOSE_REPLACED, "replaced by a newer agent connection"))
+        self.tunnel = tunnel
+        self.agent_address = address
+        self.agent_version = version
+        self.connected_since = iso_utc(time.time())
+        self.connected_at = time.monotonic()
+        self.agent_connects += 1
+        log.info("service %s: agent connected from %s (%s)", self.service_id, address, version or "unknown version",
+                 extra=fields(self.service_id, peer=address, agent_version=version))
+        waiting, self.waiting = self.waiting, set()
+        for user in waiting:
+            self._give_stream(tunnel, user)
+
+    def detach(self, tunnel: Tunnel) -> None:
+        if self.tunnel is not tunnel:
+            return  # replaced: retired already
+        self._retire(tunnel)
+        self.tunnel = None
+        self.connected_since = None
+        self.disconnected_at = time.time()
+        self.agent_disconnects += 1
+        self.last_disconnect_reason = tunnel.close_reason
+        duration = time.monotonic() - self.connected_at
+        log.info("service %s: agent %s disconnected after %.1f s: %s", self.service_id,
+                 self.agent_address, duration, tunnel.close_reason,
+                 extra=fields(self.service_id, peer=self.agent_address, reason=tunnel.close_reason,
+                              close_code=tunnel.close_code, duration_seconds=round(duration, 3)))
+
+    async def shut_down(self, reason: str) -> None:
+        """Stop listening, close waiting users and the agent (1001)."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        waiting, self.waiting = self.waiting, set()
+        for user in waiting:
+            user.refuse()
+        if self.tunnel is not None:
+            await self.tunnel.close(CLOSE_GOING_AWAY, reason)
+
+    def _retire(self, tunnel: Tunnel) -> None:
+        session = tunnel.session
+        self._bytes_to_service += session.bytes_sent
+        self._bytes_from_service += session.bytes_received
+        self._streams_opened += session.streams_opened
+        session.bytes_sent = session.bytes_received = session.streams_opened = 0
+
+    # -- status ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        tunnel = self.tunnel
+        live = self.agent_attached
+        session = tunnel.session if tunnel is not None else None
+        return {
+            "nickname": self.config.nickname,
+            "forward_at": str(self.config.listen),
+            "service_connection_since": self.connected_since if live else None,
+            "service_connection_info": self.agent_address if live else None,
+            "client_connection_count": len(self.waiting) + (tunnel.stream_count if tunnel is not None else 0),
+            "connected": live,
+            "agent_address": self.agent_address or None,
+            "agent_version": self.agent_version or None,
+            "bytes_to_service": self._bytes_to_service + (session.bytes_sent if session else 0),
+            "bytes_from_service": self._bytes_from_service + (session.bytes_received if session else 0),
+            "streams_opened_total": self._streams_opened + (session.streams_opened if session else 0),
+            "last_disconnect_reason": self.last_disconnect_reason or None,
+            "connected_for_seconds": round(time.monotonic() - self.connected_at, 1) if live else None,
+            "disconnected_since": iso_utc(self.disconnected_at) if not live and self.disconnected_at else None,
+            "streams_failed": {reason.value: n for reason, n in self.stats.failures.items()},
+        }
