@@ -1,4 +1,4 @@
-"""Wire protocol v1: frame types and their encoding — pure, no I/O.
+"""Wire protocol v1 and v2: frame types and their encoding — pure, no I/O.
 
 Every WebSocket binary message carries exactly one frame::
 
@@ -15,10 +15,18 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SUBPROTOCOL = "reverse-websockify.v1"
-"""WebSocket subprotocol; a future incompatible version is a new name."""
+"""WebSocket subprotocol of version 1; an incompatible version is a new name."""
+
+SUBPROTOCOL_V2 = "reverse-websockify.v2"
+"""Version 2: version 1 plus sessions that survive a lost WebSocket (HELLO, RESUME; docs/protocol.md)."""
+
+VERSIONS = {SUBPROTOCOL: 1, SUBPROTOCOL_V2: 2}
+
+RESUME_HEADER = "X-Reverse-Websockify-Resume"
+"""An agent that asks to resume a session sends ``<session id hex>.<secret hex>`` in this header."""
 
 AGENT_PATH_PREFIX = "/forward_to_me/"
 
@@ -60,6 +68,20 @@ class FrameType(enum.IntEnum):
     WINDOW = 4
     FIN = 5
     RST = 6
+    HELLO = 7  # v2, server -> agent, stream id 0: the session (new or resumed)
+    RESUME = 8  # v2, both ways, stream id 0: what this side holds of each stream
+
+
+SESSION_ID_SIZE = 16
+SECRET_SIZE = 32
+HELLO_BODY = struct.Struct(">BI16s32s")  # flags, resume seconds, session id, secret
+HELLO_RESUMED = 1
+RESUME_HEAD = struct.Struct(">BI")  # flags, highest stream id this side has seen opened
+RESUME_MORE = 1  # another RESUME frame follows
+RESUME_ENTRY = struct.Struct(">IQQB")  # stream id, bytes received, credit limit, flags
+ENTRY_FIN_RECEIVED = 1
+ENTRY_OPEN_CONFIRMED = 2
+RESUME_ENTRIES_PER_FRAME = (MAX_DATA - RESUME_HEAD.size) // RESUME_ENTRY.size
 
 
 class ProtocolError(Exception):
@@ -108,6 +130,12 @@ def encode_data(stream_id: int, payload: bytes | bytearray | memoryview) -> byte
     return _header(FrameType.DATA, stream_id) + payload
 
 
+def data_tail(frame: bytes, skip: int) -> bytes:
+    """A DATA frame with the first ``skip`` bytes of ``frame``'s payload left out (a resume's retransmission)."""
+    stream_id = HEADER.unpack_from(frame)[1]
+    return encode_data(stream_id, memoryview(frame)[HEADER_SIZE + skip :])
+
+
 def peek_stream_id(message: bytes | bytearray | memoryview | str) -> int:
     """The stream id of a message that may not decode (for logging an unexpected error); 0 if none."""
     if isinstance(message, str) or len(message) < HEADER_SIZE:
@@ -129,11 +157,83 @@ def encode_rst(stream_id: int, reason: str = "") -> bytes:
     return _header(FrameType.RST, stream_id) + _text(reason)
 
 
-def decode(message: bytes | bytearray | memoryview | str) -> Frame:
+@dataclass(frozen=True)
+class Hello:
+    """HELLO: the server names the session this WebSocket carries, and the secret that resumes it."""
+
+    resumed: bool
+    resume_seconds: int
+    session_id: bytes
+    secret: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """One stream in a RESUME report: how far this side got with what the peer sends on it."""
+
+    stream_id: int
+    received: int  # payload bytes received on the stream, in total
+    limit: int  # the credit granted, in total: the peer may send up to this many bytes
+    fin_received: bool
+    open_confirmed: bool
+
+
+@dataclass(frozen=True)
+class ResumeReport:
+    highest_id: int
+    streams: tuple[StreamProgress, ...]
+    more: bool = False
+
+
+def encode_hello(hello: Hello) -> bytes:
+    return HEADER.pack(FrameType.HELLO, 0) + HELLO_BODY.pack(
+        HELLO_RESUMED if hello.resumed else 0, hello.resume_seconds, hello.session_id, hello.secret)
+
+
+def encode_resume(highest_id: int, streams: list[StreamProgress]) -> list[bytes]:
+    """One or more RESUME frames (RESUME_ENTRIES_PER_FRAME streams each; the last has no MORE flag)."""
+    frames = []
+    chunks = [streams[i : i + RESUME_ENTRIES_PER_FRAME] for i in range(0, len(streams), RESUME_ENTRIES_PER_FRAME)]
+    for index, chunk in enumerate(chunks or [[]]):
+        flags = RESUME_MORE if index < len(chunks) - 1 else 0
+        body = b"".join(
+            RESUME_ENTRY.pack(p.stream_id, p.received, p.limit,
+                              (ENTRY_FIN_RECEIVED if p.fin_received else 0)
+                              | (ENTRY_OPEN_CONFIRMED if p.open_confirmed else 0))
+            for p in chunk)
+        frames.append(HEADER.pack(FrameType.RESUME, 0) + RESUME_HEAD.pack(flags, highest_id) + body)
+    return frames
+
+
+def parse_hello(body: bytes | memoryview) -> Hello:
+    if len(body) != HELLO_BODY.size:
+        raise ProtocolError(f"HELLO body of {len(body)} bytes; {HELLO_BODY.size} expected")
+    flags, seconds, session_id, secret = HELLO_BODY.unpack(body)
+    return Hello(bool(flags & HELLO_RESUMED), seconds, session_id, secret)
+
+
+def parse_resume(body: bytes | memoryview) -> ResumeReport:
+    size = len(body)
+    if size < RESUME_HEAD.size or (size - RESUME_HEAD.size) % RESUME_ENTRY.size:
+        raise ProtocolError(f"RESUME body of {size} bytes is not a header and whole entries")
+    flags, highest_id = RESUME_HEAD.unpack_from(body)
+    streams = []
+    for offset in range(RESUME_HEAD.size, size, RESUME_ENTRY.size):
+        stream_id, received, limit, entry_flags = RESUME_ENTRY.unpack_from(body, offset)
+        if stream_id == 0 or stream_id > highest_id:
+            raise ProtocolError(f"RESUME names stream {stream_id}, above the highest id {highest_id}")
+        if limit < received or limit - received > MAX_CREDIT:
+            raise ProtocolError(f"RESUME for stream {stream_id}: credit limit {limit} with {received} received")
+        streams.append(StreamProgress(stream_id, received, limit, bool(entry_flags & ENTRY_FIN_RECEIVED),
+                                      bool(entry_flags & ENTRY_OPEN_CONFIRMED)))
+    return ResumeReport(highest_id, tuple(streams), bool(flags & RESUME_MORE))
+
+
+def decode(message: bytes | bytearray | memoryview | str, version: int = 1) -> Frame:
     """Parse one WebSocket message into a Frame, or raise ProtocolError.
 
     Checks everything that can be checked without knowing the streams'
-    state; the tunnel checks the rest (ids, credit, direction).
+    state; the session checks the rest (ids, credit, direction).
     """
     if isinstance(message, str):
         raise ProtocolError("text message received; only binary frames are allowed")
@@ -144,6 +244,12 @@ def decode(message: bytes | bytearray | memoryview | str) -> Frame:
         frame_type = FrameType(type_code)
     except ValueError:
         raise ProtocolError(f"unknown frame type {type_code}") from None
+    if frame_type >= FrameType.HELLO:
+        if version < 2:
+            raise ProtocolError(f"unknown frame type {type_code}")
+        if stream_id != 0:
+            raise ProtocolError(f"{frame_type.name} for stream {stream_id}; it belongs to stream id 0")
+        return Frame(frame_type, 0, bytes(memoryview(message)[HEADER_SIZE:]))
     if stream_id == 0:
         raise ProtocolError(f"{frame_type.name} for stream id 0")
     # DATA stays a view of the message: the payload is copied once, into the socket.

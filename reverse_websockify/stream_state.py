@@ -13,7 +13,7 @@ directly. A stream moves through these states::
 
 from __future__ import annotations
 
-from .flow import ReceiveWindow
+from .flow import ReceiveWindow, SentLog
 from .protocol import INITIAL_WINDOW, MAX_CREDIT, ProtocolError
 
 
@@ -25,11 +25,13 @@ class StreamState:
     """
 
     __slots__ = ("stream_id", "send_credit", "receive_window", "fin_sent", "fin_received", "is_reset",
-                 "open_confirmed")
+                 "open_confirmed", "sent", "sent_log")
 
-    def __init__(self, stream_id: int, window: int = INITIAL_WINDOW) -> None:
+    def __init__(self, stream_id: int, window: int = INITIAL_WINDOW, *, keep_sent: bool = False) -> None:
         self.stream_id = stream_id
         self.send_credit = window
+        self.sent = 0  # payload bytes sent in total
+        self.sent_log = SentLog() if keep_sent else None  # protocol v2: what a resume may send again
         self.receive_window = ReceiveWindow(window)
         self.fin_sent = False
         self.fin_received = False
@@ -76,12 +78,24 @@ class StreamState:
         if not 0 < size <= self.send_credit:
             raise RuntimeError(f"stream {self.stream_id}: {size} bytes exceed credit {self.send_credit}")
         self.send_credit -= size
+        self.sent += size
 
     def granted(self, increment: int) -> None:
         """The peer sent WINDOW."""
         self.send_credit += increment
         if self.send_credit > MAX_CREDIT:
             raise ProtocolError(f"WINDOW on stream {self.stream_id} raises credit above {MAX_CREDIT}")
+        if self.sent_log is not None:
+            self.sent_log.drop_below(self.credited)
+
+    @property
+    def credited(self) -> int:
+        """Credit the peer has returned in total: it has received (and delivered) at least this many bytes.
+
+        Both sides use one window size, so the peer's limit is ``sent + send_credit``, which is
+        ``credited + window``.
+        """
+        return self.sent + self.send_credit - self.receive_window.size
 
     def send_fin(self) -> None:
         if self.fin_sent:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import hypothesis
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from reverse_websockify.protocol import (
     INITIAL_WINDOW,
+    Hello,
     MAX_DATA,
     FrameType,
     ProtocolError,
@@ -37,6 +39,8 @@ from reverse_websockify.session import (
     OpenConfirmed,
     OpenRefused,
     Session,
+    SessionResumed,
+    SessionStarted,
     StreamOpened,
     StreamReset,
 )
@@ -248,7 +252,8 @@ class BackToBack(RuleBasedStateMachine):
 
     def forget(self, side: str, stream_id: int) -> None:
         self.known[side].discard(stream_id)
-        self.dialling.discard(stream_id)
+        if side == AGENT:
+            self.dialling.discard(stream_id)
         self.undelivered.pop((side, stream_id), None)
 
     # the applications
@@ -317,7 +322,8 @@ class BackToBack(RuleBasedStateMachine):
     @rule(side=st.sampled_from([SERVER, AGENT]), data=st.data())
     def drain(self, side: str, data: st.DataObject) -> None:
         """``side`` writes some received bytes to its socket and they leave the process."""
-        waiting = sorted(s for (who, s), n in self.undelivered.items() if who == side and n)
+        waiting = sorted(s for (who, s), n in self.undelivered.items()
+                         if who == side and n and s not in self.dialling)  # the agent writes once connected
         if not waiting:
             return
         stream_id = data.draw(st.sampled_from(waiting))
@@ -360,8 +366,10 @@ class BackToBack(RuleBasedStateMachine):
         elif isinstance(event, StreamReset):
             self.reset_streams.add(event.stream_id)
             self.forget(side, event.stream_id)
+        elif isinstance(event, SessionResumed):
+            hypothesis.event("resumed with bytes sent again" if event.retransmitted else "resumed")
         else:
-            assert isinstance(event, (OpenConfirmed, CreditGranted)), event
+            assert isinstance(event, (OpenConfirmed, CreditGranted, SessionStarted)), event
 
     # what must always hold
 
@@ -379,6 +387,18 @@ class BackToBack(RuleBasedStateMachine):
     @rule()
     def everyone_finishes(self) -> None:
         """Every stream is finished by both sides and the network settles: all bytes arrive, the tables empty."""
+        self.settle()
+        assert self.sessions[SERVER].streams == {} and self.sessions[AGENT].streams == {}
+        assert not self.pipes[SERVER] and not self.pipes[AGENT]
+        for (sender, stream_id), sent in self.sent.items():
+            received = self.received.get((sender, stream_id), bytearray())
+            if stream_id in self.reset_streams:
+                assert sent.startswith(received)
+            else:
+                assert received == sent, f"stream {stream_id} from the {sender}: bytes lost"
+                assert (sender, stream_id) in self.fin_received
+
+    def settle(self) -> None:
         for _ in range(10_000):
             progressed = False
             for stream_id in sorted(self.dialling):
@@ -395,7 +415,7 @@ class BackToBack(RuleBasedStateMachine):
                         self.flush(side)
                         progressed = True
                 for (who, stream_id), size in list(self.undelivered.items()):
-                    if who == side and size:
+                    if who == side and size and stream_id not in self.dialling:
                         self.undelivered[(who, stream_id)] = 0
                         self.sessions[side].delivered(stream_id, size)
                         self.flush(side)
@@ -405,15 +425,6 @@ class BackToBack(RuleBasedStateMachine):
                     progressed = True
             if not progressed:
                 break
-        assert self.sessions[SERVER].streams == {} and self.sessions[AGENT].streams == {}
-        assert not self.pipes[SERVER] and not self.pipes[AGENT]
-        for (sender, stream_id), sent in self.sent.items():
-            received = self.received.get((sender, stream_id), bytearray())
-            if stream_id in self.reset_streams:
-                assert sent.startswith(received)
-            else:
-                assert received == sent, f"stream {stream_id} from the {sender}: bytes lost"
-                assert (sender, stream_id) in self.fin_received
 
 
 BackToBack.TestCase.settings = settings(max_examples=300, stateful_step_count=80, deadline=None)
@@ -422,3 +433,97 @@ TestBackToBack = BackToBack.TestCase
 
 def test_default_window_is_the_protocol_constant() -> None:
     assert Session("server").window == INITIAL_WINDOW
+
+
+# -- protocol v2: the same, with the link cut at random moments -----------------------------------
+
+SESSION_ID, SECRET = bytes(range(16)), bytes(range(32))
+
+
+class BackToBackWithCuts(BackToBack):
+    """Two v2 Sessions; the WebSocket between them is lost at random (frames in flight with it) and
+    comes back; each time both sides resume. Every byte must still arrive once and in order."""
+
+    @initialize(
+        window=st.sampled_from([1, 2, 7, 64, 1000]),
+        server_max=st.integers(1, 6),
+        agent_max=st.integers(1, 6),
+    )
+    def start(self, window: int, server_max: int, agent_max: int) -> None:
+        self.sessions = {SERVER: Session("server", window=window, max_streams=server_max, version=2),
+                         AGENT: Session("agent", window=window, max_streams=agent_max, version=2)}
+        self.pipes = {SERVER: deque(), AGENT: deque()}
+        self.known = {SERVER: set(), AGENT: set()}
+        self.dialling = set()
+        self.sent, self.received, self.undelivered = {}, {}, {}
+        self.fin_sent, self.fin_received, self.reset_streams = set(), set(), set()
+        self.linked = True
+        self.cuts = 0
+        self.sessions[SERVER].start(Hello(False, 60, SESSION_ID, SECRET))
+        self.flush(SERVER)
+
+    def flush(self, side: str) -> None:
+        if self.linked:  # while the link is down, frames stay queued in the session (and are dropped there)
+            super().flush(side)
+        else:
+            self.sessions[side].ended_streams()
+
+    @rule()
+    def cut(self) -> None:
+        """The WebSocket is lost: whatever is in flight with it."""
+        if not self.linked:
+            return
+        self.linked = False
+        self.cuts += 1
+        for side in (SERVER, AGENT):
+            self.pipes[side].clear()
+            self.sessions[side].detach()
+
+    @rule()
+    def reconnect(self) -> None:
+        if self.linked:
+            return
+        self.linked = True
+        if self.sessions[AGENT].hello is None:
+            # The agent never had the first HELLO, so it cannot ask to resume: the server drops the
+            # session with its streams (their users are reset) and starts a new one.
+            for stream_id in self.sessions[SERVER].close():
+                self.forget(SERVER, stream_id)
+                for sender in (SERVER, AGENT):  # what got through is a prefix; the ids start again at 1
+                    sent = self.sent.pop((sender, stream_id), bytearray())
+                    assert sent.startswith(self.received.pop((sender, stream_id), bytearray()))
+                    self.fin_sent.discard((sender, stream_id))
+                    self.fin_received.discard((sender, stream_id))
+                self.reset_streams.discard(stream_id)
+            old = self.sessions[SERVER]
+            self.sessions[SERVER] = Session("server", window=old.window, max_streams=old.max_streams, version=2)
+            self.sessions[SERVER].start(Hello(False, 60, SESSION_ID, SECRET))
+        else:
+            self.sessions[SERVER].start(Hello(True, 60, SESSION_ID, SECRET))
+        self.flush(SERVER)
+        self.flush(AGENT)
+
+    @rule(side=st.sampled_from([SERVER, AGENT]))
+    def pong(self, side: str) -> None:
+        """A ping sent now is answered once everything before it has arrived: finished streams are let go."""
+        if self.linked and not self.pipes[side]:
+            session = self.sessions[side]
+            session.peer_caught_up(session.mark())
+
+    @invariant()
+    def kept_frames_never_exceed_the_window(self) -> None:
+        for session in self.sessions.values():
+            for state in session.streams.values():
+                assert state.sent_log is not None
+                assert state.sent_log.kept_bytes <= session.window
+
+    def settle(self) -> None:
+        self.reconnect()
+        super().settle()
+        for side in (SERVER, AGENT):
+            self.pong(side)
+        assert self.sessions[SERVER].finished_unconfirmed == 0 and self.sessions[AGENT].finished_unconfirmed == 0
+
+
+BackToBackWithCuts.TestCase.settings = settings(max_examples=500, stateful_step_count=100, deadline=None)
+TestBackToBackWithCuts = BackToBackWithCuts.TestCase
