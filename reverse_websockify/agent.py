@@ -12,6 +12,7 @@ import random
 import re
 import ssl
 import time
+from http import HTTPStatus
 from typing import Any, Iterator
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -22,7 +23,7 @@ from .config import AgentConfig
 from .errors import describe_error
 from .fdlimit import raise_soft_limit
 from .logfields import fields
-from .protocol import CLOSE_GOING_AWAY, INITIAL_WINDOW
+from .protocol import CLOSE_GOING_AWAY, INITIAL_WINDOW, RESUME_HEADER, VERSIONS
 from .service_side import DialTarget
 from .signals import on_stop_signals
 from .tls import AgentTlsSetup, name_mismatch
@@ -32,6 +33,9 @@ from .wsconnection import DirectClientConnection, connection_options
 log = logging.getLogger("reverse_websockify.agent")
 
 USER_AGENT = f"reverse_websockify_agent/{__version__}"
+
+AT_ONCE_AFTER = 1.0
+"""A link lost after living this long is retried at once (then with the usual backoff)."""
 
 
 def backoff_delays(initial: float, cap: float) -> Iterator[float]:
@@ -48,7 +52,8 @@ class Agent:
         """``tls``: required for a wss:// URL (``tls.agent_tls``, built before the event loop runs)."""
         self.config = config
         self.tls = tls
-        self.tunnel: Tunnel | None = None
+        self.tunnel: Tunnel | None = None  # the session: attached, or detached and waiting to resume
+        self._expiry: asyncio.TimerHandle | None = None  # gives a detached session up
         self._target = DialTarget(config.service.host, config.service.port, config.dial_timeout)
         self._stopping = asyncio.Event()
         self._name_problem: str | None = None
@@ -74,6 +79,10 @@ class Agent:
         headers = {}
         if cfg.token:
             headers["Authorization"] = f"Bearer {cfg.token}"
+        tunnel = self.tunnel
+        hello = tunnel.session.hello if tunnel is not None and not tunnel.closed else None
+        if hello is not None:  # a detached session: ask to resume it
+            headers[RESUME_HEADER] = f"{hello.session_id.hex()}.{hello.secret.hex()}"
         kwargs: dict[str, Any] = {"create_connection": DirectClientConnection}
         if self.tls is not None:
             kwargs["ssl"] = self.tls.context
@@ -110,9 +119,11 @@ class Agent:
                 self._report_connect_error(exc)
             else:
                 delays = backoff_delays(cfg.backoff_initial, cfg.backoff_max)  # connected: start over
-                await self._serve(connection, started)
+                kept = await self._serve(connection, started)
                 if self._stopping.is_set():
                     break
+                if kept and time.monotonic() - started >= AT_ONCE_AFTER:
+                    continue  # the link was lost with streams to carry over: try again at once
             delay = next(delays)
             log.info("reconnecting in %.1f s", delay)
             try:
@@ -125,6 +136,9 @@ class Agent:
             body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
             text = " ".join(re.sub(r"<[^>]*>", " ", body).split())  # nginx answers in HTML
             log.error("server refused the agent: HTTP %d %s", exc.response.status_code, text[:300])
+            if self.tunnel is not None and exc.response.status_code in (HTTPStatus.FORBIDDEN, HTTPStatus.CONFLICT):
+                # The server will not resume our session: a refused secret, or another agent holds the ID.
+                self._give_up_session(f"the server refused to resume it (HTTP {exc.response.status_code})")
         elif isinstance(exc, InvalidURI):
             log.error("bad --reverse-websockify URL: %s", exc)
         elif isinstance(exc, ssl.SSLCertVerificationError):
@@ -141,22 +155,60 @@ class Agent:
         else:
             log.error("cannot connect to %s: %s", self.config.url, describe_error(exc))
 
-    async def _serve(self, connection: ClientConnection, started: float) -> None:
+    async def _serve(self, connection: ClientConnection, started: float) -> bool:
+        """Relay over ``connection`` until it ends; True when the session is kept to resume (v2)."""
         cfg = self.config
         log.info("connected to %s as service %s; relaying to %s", cfg.url, cfg.service_id, self._target)
-        tunnel = Tunnel(connection, role="agent", service_id=cfg.service_id, window=INITIAL_WINDOW,  # type: ignore[arg-type]
-                        dial_target=self._target)
-        self.tunnel = tunnel
+        version = VERSIONS.get(connection.subprotocol or "", 1)
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel.session.version != version:
+            self._give_up_session("the server no longer speaks protocol v2")
+            tunnel = None
+        if tunnel is None or tunnel.closed:
+            tunnel = Tunnel(role="agent", service_id=cfg.service_id, version=version, window=INITIAL_WINDOW,
+                            dial_target=self._target)
+            self.tunnel = tunnel
+        self._cancel_expiry()
+        kept = False
         try:
-            await tunnel.run()
+            kept = await tunnel.run(connection)  # type: ignore[arg-type]
         except Exception:  # a bug: say so, then reconnect rather than die
             log.exception("tunnel failed")
-        finally:
-            self.tunnel = None
+            tunnel.expire("internal error")
         duration = time.monotonic() - started
+        hello = tunnel.session.hello
+        if kept and hello is not None and not self._stopping.is_set():
+            log.warning("disconnected after %.1f s: %s; keeping %d streams for up to %d s to resume the session",
+                        duration, tunnel.close_reason, tunnel.stream_count, hello.resume_seconds,
+                        extra=fields(cfg.service_id, reason=tunnel.close_reason, close_code=tunnel.close_code,
+                                     duration_seconds=round(duration, 3)))
+            self._expiry = asyncio.get_running_loop().call_later(
+                hello.resume_seconds, self._give_up_session,
+                f"no connection to the server within {hello.resume_seconds} s")
+            return True
+        if kept:  # a link lost before the server's HELLO: there is no session to resume
+            tunnel.expire(tunnel.close_reason)
+        if self.tunnel is tunnel:
+            self.tunnel = None
         log.warning("disconnected after %.1f s: %s", duration, tunnel.close_reason,
                     extra=fields(cfg.service_id, reason=tunnel.close_reason, close_code=tunnel.close_code,
                                  duration_seconds=round(duration, 3)))
+        return False
+
+    def _give_up_session(self, why: str) -> None:
+        """The detached session cannot resume: its streams are reset."""
+        self._cancel_expiry()
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is None or tunnel.closed:
+            return
+        log.warning("session given up: %s; %d streams reset", why, tunnel.stream_count,
+                    extra=fields(self.config.service_id, reason="session given up"))
+        tunnel.expire(f"session given up: {why}")
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -171,11 +223,15 @@ class Agent:
 
         def on_signal() -> None:
             log.info("shutting down")
-            if self.tunnel is not None:
-                loop.create_task(self.stop())
-            else:
-                self._stopping.set()
-                runner.cancel()
+            tunnel = self.tunnel
+            if tunnel is not None and tunnel.attached:
+                loop.create_task(self.stop())  # tells the server (1001): it drops the session at once
+                return
+            self._stopping.set()
+            self._cancel_expiry()
+            if tunnel is not None:
+                tunnel.expire("agent shutting down")
+            runner.cancel()
 
         on_stop_signals(loop, on_signal)
         try:

@@ -63,6 +63,7 @@ class ServerConfig:
     ping_timeout: float = 10.0
     handshake_timeout: float = 10.0
     max_streams_per_agent: int = 10000
+    resume_seconds: float = 60.0  # how long a v2 session outlives a lost link; 0: not at all (protocol v1)
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     tls: TlsConfig | None = None
 
@@ -90,6 +91,7 @@ _TOP_KEYS = {
     "ping_timeout_seconds",
     "handshake_timeout_seconds",
     "max_streams_per_agent",
+    "resume_seconds",
     "trusted_proxies",
     "tls",
 }
@@ -238,6 +240,7 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         ping_timeout=_number(data, "ping_timeout_seconds", 10.0, "", minimum=0.1),
         handshake_timeout=_number(data, "handshake_timeout_seconds", 10.0, "", minimum=0.1),
         max_streams_per_agent=max_streams,
+        resume_seconds=_number(data, "resume_seconds", 60.0, ""),
         trusted_proxies=tuple(str(p) for p in proxies),
         tls=tls,
     )

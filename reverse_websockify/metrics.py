@@ -44,6 +44,16 @@ class ServiceCollector(Collector):
         online = GaugeMetricFamily(f"{PREFIX}_agent_online", "1 while an agent is attached", labels=["service"])
         active = GaugeMetricFamily(f"{PREFIX}_active_streams", "Open user connections (incl. waiting for an agent)",
                                    labels=["service"])
+        resumed = CounterMetricFamily(f"{PREFIX}_sessions_resumed", "Agent sessions carried over to a new WebSocket",
+                                      labels=["service"])
+        expired = CounterMetricFamily(f"{PREFIX}_sessions_expired",
+                                      "Detached agent sessions given up after resume_seconds", labels=["service"])
+        carried = CounterMetricFamily(f"{PREFIX}_streams_resumed", "Streams carried over a lost link",
+                                      labels=["service"])
+        retransmitted = CounterMetricFamily(f"{PREFIX}_bytes_retransmitted",
+                                            "Payload bytes sent again after a lost link", labels=["service"])
+        detached = GaugeMetricFamily(f"{PREFIX}_session_detached",
+                                     "1 while the agent's session waits for it to resume", labels=["service"])
         latency = HistogramMetricFamily(f"{PREFIX}_stream_open_seconds",
                                         "From a user's accept to the agent's connect to the local service",
                                         labels=["service"])
@@ -59,9 +69,15 @@ class ServiceCollector(Collector):
             disconnects.add_metric([sid], service.agent_disconnects)
             online.add_metric([sid], 1 if snap["connected"] else 0)
             active.add_metric([sid], snap["client_connection_count"])
-            hist = service.stats.latency
-            latency.add_metric([sid], hist.cumulative(), sum_value=hist.total)
-        yield from (relayed, opened, failed, connects, disconnects, online, active, latency)
+            stats = service.stats
+            resumed.add_metric([sid], stats.sessions_resumed)
+            expired.add_metric([sid], stats.sessions_expired)
+            carried.add_metric([sid], stats.streams_resumed)
+            retransmitted.add_metric([sid], stats.bytes_retransmitted)
+            detached.add_metric([sid], 1 if service.detached is not None else 0)
+            latency.add_metric([sid], stats.latency.cumulative(), sum_value=stats.latency.total)
+        yield from (relayed, opened, failed, connects, disconnects, online, active, resumed, expired, carried,
+                    retransmitted, detached, latency)
 
 
 def render_metrics(services: Iterable[Service]) -> tuple[bytes, str]:

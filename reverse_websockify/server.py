@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 from http import HTTPStatus
 from typing import Any
@@ -24,7 +25,19 @@ from . import __version__, status
 from .config import ConfigError, ServerConfig, load
 from .fdlimit import FdWatch, raise_soft_limit
 from .logfields import fields
-from .protocol import AGENT_PATH_PREFIX, CLOSE_GOING_AWAY, INITIAL_WINDOW, SUBPROTOCOL
+from .admission import Refusal, admit
+from .protocol import (
+    AGENT_PATH_PREFIX,
+    CLOSE_GOING_AWAY,
+    INITIAL_WINDOW,
+    RESUME_HEADER,
+    SECRET_SIZE,
+    SESSION_ID_SIZE,
+    SUBPROTOCOL,
+    SUBPROTOCOL_V2,
+    VERSIONS,
+    Hello,
+)
 from .service import Service
 from .signals import on_stop_signals
 from .tunnel import Tunnel
@@ -75,7 +88,7 @@ class RendezvousServer:
                 http.port,
                 process_request=self._route,
                 **connection_options(ping_interval=self.config.ping_interval, ping_timeout=self.config.ping_timeout,
-                                     open_timeout=self.config.handshake_timeout),
+                                     open_timeout=self.config.handshake_timeout, subprotocols=self._subprotocols),
                 server_header=f"reverse_websockify/{__version__}",
                 ssl=self._ssl_context(),
                 reuse_address=True,
@@ -109,7 +122,7 @@ class RendezvousServer:
         except ConfigError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             return
-        for key in ("http", "tls", "ping_interval", "ping_timeout", "handshake_timeout"):
+        for key in ("http", "tls", "ping_interval", "ping_timeout", "handshake_timeout", "resume_seconds"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("reload: %s changed; that takes effect only after a restart", key)
         old_services = self.services
@@ -217,7 +230,12 @@ class RendezvousServer:
                 return str(claimed)
         return address
 
-    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+    @property
+    def _subprotocols(self) -> tuple[str, ...]:
+        """v2 first when sessions may resume; ``resume_seconds = 0`` keeps the server at v1."""
+        return (SUBPROTOCOL_V2, SUBPROTOCOL) if self.config.resume_seconds > 0 else (SUBPROTOCOL,)
+
+    async def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = unquote(urlsplit(request.path).path)
         if path == "/":
             snapshot = self.snapshot()
@@ -259,11 +277,19 @@ class RendezvousServer:
                             extra=fields(service_id, peer=address, reason=f"{why} token"))
                 return _response(HTTPStatus.UNAUTHORIZED, f"{why} token for service {service_id}\n")
         offered_protocols = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
-        if SUBPROTOCOL not in [p.strip() for p in offered_protocols.split(",")]:
+        offered = [p.strip() for p in offered_protocols.split(",")]
+        if not any(p in offered for p in self._subprotocols):
+            spoken = " or ".join(self._subprotocols)
             log.warning("service %s: agent %s refused: it does not speak %s (offered %r)",
-                        service_id, address, SUBPROTOCOL, offered_protocols[:100])
+                        service_id, address, spoken, offered_protocols[:100])
             return _response(HTTPStatus.BAD_REQUEST,
-                             f"this server speaks WebSocket subprotocol {SUBPROTOCOL}; the agent offered {offered_protocols or 'none'}\n")
+                             f"this server speaks WebSocket subprotocol {spoken}; the agent offered {offered_protocols or 'none'}\n")
+        resume = request.headers.get(RESUME_HEADER) if SUBPROTOCOL_V2 in offered and SUBPROTOCOL_V2 in self._subprotocols \
+            else None
+        decision = await admit(service, address, resume)
+        if isinstance(decision, Refusal):
+            return _response(decision.status, decision.text)
+        connection.admission = decision  # type: ignore[attr-defined]  # the session to resume, or None
         return None
 
     async def _handle_agent(self, connection: ServerConnection) -> None:
@@ -276,20 +302,37 @@ class RendezvousServer:
         address = self._client_address(connection, request)
         agent = request.headers.get("User-Agent", "")
         version = agent.split("/", 1)[1] if agent.startswith("reverse_websockify_agent/") else agent[:100]
-        tunnel = Tunnel(
-            connection,
-            role="server",
-            service_id=service.service_id,
-            window=INITIAL_WINDOW,
-            max_streams=self.config.max_streams_per_agent,
-            open_timeout=self.config.open_timeout,
-            stats=service.stats,
-        )
-        service.attach(tunnel, address, version)
+        protocol_version = VERSIONS.get(connection.subprotocol or "", 1)
+        keep = int(self.config.resume_seconds)
+        resumed = getattr(connection, "admission", None)
+        if isinstance(resumed, Tunnel) and service.tunnel is resumed and not resumed.closed and protocol_version >= 2:
+            tunnel = resumed
+            service.resume(tunnel, address, version)
+            tunnel.session.start(_hello(True, keep, tunnel.session.hello.session_id if tunnel.session.hello else b""))
+        else:
+            tunnel = Tunnel(
+                role="server",
+                service_id=service.service_id,
+                version=protocol_version,
+                window=INITIAL_WINDOW,
+                max_streams=self.config.max_streams_per_agent,
+                open_timeout=self.config.open_timeout,
+                stats=service.stats,
+            )
+            if protocol_version >= 2:
+                tunnel.session.start(_hello(False, keep))
+            service.attach(tunnel, address, version)
+        kept = False
         try:
-            await tunnel.run()
+            kept = await tunnel.run(connection)
         except Exception:  # a bug: log it here, websockets' own logger is quiet
             log.exception("service %s: tunnel failed", service.service_id)
             raise
         finally:
-            service.detach(tunnel)
+            service.link_ended(tunnel, kept)
+
+
+def _hello(resumed: bool, resume_seconds: int, session_id: bytes = b"") -> Hello:
+    """HELLO with a fresh secret: a resume rotates it, so a secret seen once cannot resume twice."""
+    return Hello(resumed, resume_seconds, session_id or secrets.token_bytes(SESSION_ID_SIZE),
+                 secrets.token_bytes(SECRET_SIZE))

@@ -1,9 +1,12 @@
-"""One ``[remote_service.<ID>]`` on the server: its users, its agent, its counters.
+"""One ``[remote_service.<ID>]`` on the server: its users, its agent's session, its counters.
 
 Users who connect while no agent is attached wait (not read) up to
 ``agent_wait_seconds``, because a cellular agent typically comes back within
-seconds. A newer agent replaces the attached one: the old link is usually a
-dead cellular connection that keepalive has not caught yet.
+seconds. With protocol v2 the agent's session outlives a lost link for
+``resume_seconds``: its streams stay open, paused, and carry on when the same
+agent resumes. A different agent replaces the attached one only when that one
+does not answer a ping (see server.py): the old link is then a dead cellular
+connection that keepalive has not caught yet.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from .config import ServerConfig, ServiceConfig
 from .logfields import fields
 from .protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED
 from .reasons import StreamFailure
-from .stats import OpenStats
+from .stats import ServiceStats
 from .tunnel import Tunnel
 from .user_side import WaitingUser, refuse_user
 
@@ -35,7 +38,7 @@ class Service:
         self.server_config = server_config
         self.service_id = config.id
         self.listener: asyncio.Server | None = None
-        self.tunnel: Tunnel | None = None
+        self.tunnel: Tunnel | None = None  # the agent's session: attached, or detached (v2) until it expires
         self.agent_address = ""
         self.agent_version = ""
         self.connected_since: str | None = None
@@ -43,7 +46,8 @@ class Service:
         self.disconnected_at: float | None = None  # wall clock, for "offline for ..."
         self.last_disconnect_reason = ""
         self.waiting: set[WaitingUser] = set()
-        self.stats = OpenStats()
+        self._expiry: asyncio.TimerHandle | None = None  # ends a detached session
+        self.stats = ServiceStats()
         # counters of tunnels that have ended; the live tunnel's are added on read
         self._bytes_to_service = 0
         self._bytes_from_service = 0
@@ -53,7 +57,13 @@ class Service:
 
     @property
     def agent_attached(self) -> bool:
-        return self.tunnel is not None and not self.tunnel.closed
+        return self.tunnel is not None and self.tunnel.attached
+
+    @property
+    def detached(self) -> Tunnel | None:
+        """The session waiting for its agent to resume it, if any."""
+        tunnel = self.tunnel
+        return tunnel if tunnel is not None and not tunnel.closed and not tunnel.attached else None
 
     def new_user(self) -> WaitingUser:
         """The listener's protocol factory: every accepted connection starts as a waiting user."""
@@ -62,7 +72,7 @@ class Service:
     # -- users ----------------------------------------------------------------------------
 
     def _user_arrived(self, user: WaitingUser) -> None:
-        if self.tunnel is not None and not self.tunnel.closed:
+        if self.tunnel is not None and self.tunnel.attached:
             self._give_stream(self.tunnel, user)
             return
         wait = self.server_config.agent_wait
@@ -95,38 +105,87 @@ class Service:
     # -- agents ---------------------------------------------------------------------------
 
     def attach(self, tunnel: Tunnel, address: str, version: str) -> None:
+        """A new session (a different agent, or one that could not resume)."""
         old = self.tunnel
-        if old is not None:
-            log.warning("service %s: agent %s replaces the agent from %s", self.service_id, address,
-                        self.agent_address, extra=fields(self.service_id, peer=address, reason="replaced"))
+        self._cancel_expiry()
+        if old is not None and not old.closed:
+            if old.attached:
+                log.warning("service %s: agent %s replaces the agent from %s", self.service_id, address,
+                            self.agent_address, extra=fields(self.service_id, peer=address, reason="replaced"))
+            else:
+                log.warning("service %s: agent %s starts a new session; the detached session of the agent from %s "
+                            "and its %d streams are dropped", self.service_id, address, self.agent_address,
+                            old.stream_count, extra=fields(self.service_id, peer=address, reason="replaced"))
             self._retire(old)
             asyncio.get_running_loop().create_task(old.close(CLOSE_REPLACED, "replaced by a newer agent connection"))
         self.tunnel = tunnel
+        self._connected(address, version)
+        log.info("service %s: agent connected from %s (%s)", self.service_id, address, version or "unknown version",
+                 extra=fields(self.service_id, peer=address, agent_version=version))
+        self._give_waiting_users(tunnel)
+
+    def resume(self, tunnel: Tunnel, address: str, version: str) -> None:
+        """The agent of ``tunnel`` came back on a new WebSocket (from ``address``): its session carries on."""
+        self._cancel_expiry()
+        old_link = tunnel.take_over()
+        if old_link is not None:  # the agent saw its link die before we did
+            asyncio.get_running_loop().create_task(old_link.close(CLOSE_REPLACED, "the agent resumed on a new connection"))
+        self._connected(address, version)
+        log.info("service %s: agent resumed its session from %s (%s); %d streams kept", self.service_id, address,
+                 version or "unknown version", tunnel.stream_count,
+                 extra=fields(self.service_id, peer=address, agent_version=version, reason="resumed"))
+        self._give_waiting_users(tunnel)
+
+    def _connected(self, address: str, version: str) -> None:
         self.agent_address = address
         self.agent_version = version
         self.connected_since = iso_utc(time.time())
         self.connected_at = time.monotonic()
         self.agent_connects += 1
-        log.info("service %s: agent connected from %s (%s)", self.service_id, address, version or "unknown version",
-                 extra=fields(self.service_id, peer=address, agent_version=version))
+
+    def _give_waiting_users(self, tunnel: Tunnel) -> None:
         waiting, self.waiting = self.waiting, set()
         for user in waiting:
             self._give_stream(tunnel, user)
 
-    def detach(self, tunnel: Tunnel) -> None:
-        if self.tunnel is not tunnel:
-            return  # replaced: retired already
-        self._retire(tunnel)
-        self.tunnel = None
+    def link_ended(self, tunnel: Tunnel, kept: bool) -> None:
+        """The WebSocket of ``tunnel`` ended; ``kept``: its session lives on, detached (v2)."""
+        if self.tunnel is not tunnel or tunnel.attached:
+            return  # replaced (retired already), or the agent resumed on a newer link
         self.connected_since = None
         self.disconnected_at = time.time()
         self.agent_disconnects += 1
         self.last_disconnect_reason = tunnel.close_reason
         duration = time.monotonic() - self.connected_at
-        log.info("service %s: agent %s disconnected after %.1f s: %s", self.service_id,
+        keep = self.server_config.resume_seconds
+        log.info("service %s: agent %s disconnected after %.1f s: %s%s", self.service_id,
                  self.agent_address, duration, tunnel.close_reason,
+                 f"; keeping its session ({tunnel.stream_count} streams) for {keep:g} s" if kept else "",
                  extra=fields(self.service_id, peer=self.agent_address, reason=tunnel.close_reason,
                               close_code=tunnel.close_code, duration_seconds=round(duration, 3)))
+        if kept:
+            self._expiry = asyncio.get_running_loop().call_later(keep, self._expire, tunnel)
+        else:
+            self._retire(tunnel)
+            self.tunnel = None
+
+    def _expire(self, tunnel: Tunnel) -> None:
+        self._expiry = None
+        if self.tunnel is not tunnel or tunnel.attached or tunnel.closed:
+            return
+        keep = self.server_config.resume_seconds
+        log.warning("service %s: the session of the agent from %s expired: it did not come back within %g s; "
+                    "%d streams reset", self.service_id, self.agent_address, keep, tunnel.stream_count,
+                    extra=fields(self.service_id, peer=self.agent_address, reason="session expired"))
+        self.stats.sessions_expired += 1
+        tunnel.expire(f"session expired after {keep:g} s without the agent")
+        self._retire(tunnel)
+        self.tunnel = None
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     async def shut_down(self, reason: str) -> None:
         """Stop listening, close waiting users and the agent (1001)."""
@@ -136,6 +195,7 @@ class Service:
         waiting, self.waiting = self.waiting, set()
         for user in waiting:
             user.refuse()
+        self._cancel_expiry()
         if self.tunnel is not None:
             await self.tunnel.close(CLOSE_GOING_AWAY, reason)
 
@@ -151,6 +211,7 @@ class Service:
     def snapshot(self) -> dict[str, Any]:
         tunnel = self.tunnel
         live = self.agent_attached
+        detached = self.detached
         session = tunnel.session if tunnel is not None else None
         return {
             "nickname": self.config.nickname,
@@ -168,4 +229,8 @@ class Service:
             "connected_for_seconds": round(time.monotonic() - self.connected_at, 1) if live else None,
             "disconnected_since": iso_utc(self.disconnected_at) if not live and self.disconnected_at else None,
             "streams_failed": {reason.value: n for reason, n in self.stats.failures.items()},
+            "reconnecting_since": (iso_utc(detached.detached_since) if detached is not None
+                                   and detached.detached_since else None),
+            "paused_streams": detached.stream_count if detached is not None else 0,
+            "sessions_resumed": self.stats.sessions_resumed,
         }

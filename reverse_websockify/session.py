@@ -160,7 +160,7 @@ class Session:
 
     @property
     def has_output(self) -> bool:
-        return bool(self._outgoing)
+        return bool(self._outgoing) and not self._awaiting_hello
 
     def data_to_send(self) -> list[bytes]:
         """The frames queued since the last call, in order: one WebSocket message each."""
@@ -298,6 +298,11 @@ class Session:
     def finished_unconfirmed(self) -> int:
         """Streams ended by both FINs that the peer may not have seen end (see ``mark``)."""
         return len(self._finished)
+
+    @property
+    def can_confirm(self) -> bool:
+        """A mark taken now can let finished streams go: there are some, and their frames go out on this link."""
+        return bool(self._finished) and not self._holding and not self._awaiting_hello
 
     def mark(self) -> int:
         """A point in what we have sent; ``peer_caught_up(mark)`` once the peer is known to have processed it.

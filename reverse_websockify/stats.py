@@ -1,8 +1,9 @@
-"""What the server counts about one service's stream opens, across all of its agents' tunnels.
+"""What the server counts about one service, across all of its agents' sessions.
 
-A plain record handed down to the user-side streams, which add to it where
-things happen (an open timer fires, OPEN_OK or RST comes back); the status
-page and /metrics read it. Nothing here is updated per packet.
+A plain record handed down to the tunnel and the user-side streams, which add
+to it where things happen (an open timer fires, OPEN_OK or RST comes back, a
+session resumes); the status page and /metrics read it. Nothing here is
+updated per packet.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from .latency import LatencyHistogram
 from .reasons import StreamFailure
 
 
-class OpenStats:
-    __slots__ = ("failures", "latency")
+class ServiceStats:
+    __slots__ = ("failures", "latency", "sessions_resumed", "sessions_expired", "streams_resumed",
+                 "bytes_retransmitted")
 
     def __init__(self) -> None:
         self.failures: collections.Counter[StreamFailure] = collections.Counter()
         self.latency = LatencyHistogram()  # a user's accept -> the agent's connect to its service
+        self.sessions_resumed = 0
+        self.sessions_expired = 0  # detached sessions given up: resume_seconds passed
+        self.streams_resumed = 0  # streams carried across a lost link
+        self.bytes_retransmitted = 0
 
     def failed(self, reason: StreamFailure) -> None:
         self.failures[reason] += 1

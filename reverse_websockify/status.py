@@ -41,9 +41,17 @@ def _human_duration(seconds: float) -> str:
 
 
 def _state(s: Mapping[str, Any], now: datetime) -> tuple[str, str]:
-    """('online'|'offline'|'never connected', 'for 3h 2m')."""
+    """('online'|'reconnecting'|'offline', 'for 3h 2m')."""
     if s.get("connected"):
         return "online", f"for {_human_duration(s.get('connected_for_seconds') or 0)}"
+    since = s.get("reconnecting_since")
+    if since:
+        try:
+            went = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            ago = f"since {since} ({_human_duration((now - went).total_seconds())}), "
+        except ValueError:
+            ago = ""
+        return "reconnecting", f"{ago}{int(s.get('paused_streams') or 0)} streams paused"
     since = s.get("disconnected_since")
     if since:
         try:
@@ -104,7 +112,7 @@ table{{border-collapse:collapse;background:#fff;font-size:.92em}}
 th,td{{border:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}}
 th{{background:#f0f0f0;position:sticky;top:0}}
 tr.service:nth-child(even){{background:#f8f8f8}}
-td.online b{{color:#0a7a0a}} td.offline b{{color:#b00}}
+td.online b{{color:#0a7a0a}} td.offline b{{color:#b00}} td.reconnecting b{{color:#b60}}
 td:nth-child(7),td:nth-child(8),td:nth-child(9),td:nth-child(10){{text-align:right;white-space:nowrap}}
 footer{{margin-top:1em;color:#777;font-size:.85em}}
 </style></head><body>

@@ -1,4 +1,4 @@
-"""One WebSocket under one Session: I/O only.
+"""One session's streams over a WebSocket: I/O only.
 
 The tunnel feeds the Session every message the WebSocket delivers, hands the
 resulting events to the stream endpoints, and writes the frames the Session
@@ -8,15 +8,28 @@ stream per user (``open_stream``), the agent dials its service per OPEN
 read callback — the tunnel never awaits one stream's socket — so a slow user
 cannot hold up the others; frames go out through one writer task, in order,
 everything queued in one loop turn in one write.
+
+With protocol v2 a tunnel outlives its WebSocket: when the link is lost
+(rather than closed on purpose) ``run`` returns True and the tunnel stays
+*detached* — sockets open, streams paused by their credit — until ``run`` is
+called again with a new WebSocket (the session resumes) or ``close`` /
+``expire`` ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from .logfields import fields
-from .protocol import CLOSE_PROTOCOL_ERROR, INITIAL_WINDOW, ProtocolError, peek_stream_id
+from .protocol import (
+    CLOSE_ABNORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    INITIAL_WINDOW,
+    ProtocolError,
+    peek_stream_id,
+)
 from .service_side import DialTarget, ServiceStream
 from .session import (
     CreditGranted,
@@ -27,10 +40,12 @@ from .session import (
     OpenRefused,
     Role,
     Session,
+    SessionResumed,
+    SessionStarted,
     StreamOpened,
     StreamReset,
 )
-from .stats import OpenStats
+from .stats import ServiceStats
 from .streams import StreamEndpoint
 from .user_side import UserStream, WaitingUser
 from .wsconnection import (
@@ -46,37 +61,51 @@ from .wsconnection import (
 
 log = logging.getLogger("reverse_websockify.tunnel")
 
+LINK_LOST = (None, CLOSE_ABNORMAL, 1011)
+"""Close codes of a link that was lost rather than closed on purpose: no close frame from the
+peer (1006), or our own keepalive giving up (1011). A v2 session survives these."""
+
+CONFIRM_INTERVAL = 1.0
+"""How often finished streams are confirmed with a ping (see Session.mark), when there are any."""
+
 
 class Tunnel:
     def __init__(
         self,
-        connection: Connection,
         *,
         role: Role,
         service_id: str,
+        version: int = 1,
         window: int = INITIAL_WINDOW,
         max_streams: int = 10000,
         dial_target: DialTarget | None = None,
         open_timeout: float | None = None,
-        stats: OpenStats | None = None,
+        stats: ServiceStats | None = None,
     ) -> None:
-        self.connection = connection
         self.service_id = service_id
-        self.session = Session(role, window=window, max_streams=max_streams)
+        self.session = Session(role, window=window, max_streams=max_streams, version=version)
         self.loop = asyncio.get_running_loop()  # kept: every get_running_loop() is a getpid() call
-        self.closed = False
-        self.close_reason = ""
-        self.close_code: int | None = None  # the WebSocket close code that ended the tunnel (logs)
+        self.connection: Connection | None = None  # the WebSocket carrying the session now
+        self.closed = False  # ended for good: every stream is gone
+        self.detached_since: float | None = None  # time.time() when the link was lost (v2)
+        self.close_reason = ""  # why the last WebSocket ended
+        self.close_code: int | None = None
+        self.stats = stats if stats is not None else ServiceStats()
         self._dial_target = dial_target
         self._open_timeout = open_timeout
-        self._stats = stats if stats is not None else OpenStats()
         self._endpoints: dict[int, StreamEndpoint] = {}
         self._wakeup = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._link_tasks: list[asyncio.Task[None]] = []
+        self._lost_at = 0.0  # time.monotonic() when the link was lost, for the resume's log line
+        self._resuming = False
 
     @property
     def stream_count(self) -> int:
         return len(self._endpoints)
+
+    @property
+    def attached(self) -> bool:
+        return self.connection is not None and not self.closed
 
     # -- server side: a user's connection gets a stream ---------------------------------
 
@@ -88,7 +117,7 @@ class Tunnel:
         if stream_id is None:
             return False
         stream = UserStream(self.session, stream_id, self.wake, self.service_id, user, loop=self.loop,
-                            open_timeout=self._open_timeout, stats=self._stats)
+                            open_timeout=self._open_timeout, stats=self.stats)
         self._endpoints[stream_id] = stream
         self.wake()
         stream.start_reading()
@@ -108,35 +137,46 @@ class Tunnel:
             try:
                 self._dispatch(event)
             except Exception:  # a bug or an unexpected socket error: lose one stream, not the tunnel
-                self._internal_error(event.stream_id)
+                self._internal_error(event.stream_id if hasattr(event, "stream_id") else 0)
         self._forget_ended()
         if self.session.has_output:
             self.wake()
 
     def _dispatch(self, event: Event) -> None:
         kind = type(event)
-        endpoint = self._endpoints.get(event.stream_id)
         if kind is DataReceived:
+            endpoint = self._endpoints.get(event.stream_id)  # type: ignore[union-attr]
             if endpoint is not None:
                 endpoint.on_data(event.data)  # type: ignore[union-attr]
         elif kind is CreditGranted:
+            endpoint = self._endpoints.get(event.stream_id)  # type: ignore[union-attr]
             if endpoint is not None:
                 endpoint.on_credit(event.unblocked)  # type: ignore[union-attr]
         elif kind is EndReceived:
+            endpoint = self._endpoints.get(event.stream_id)  # type: ignore[union-attr]
             if endpoint is not None:
                 endpoint.on_end(event.finished)  # type: ignore[union-attr]
         elif kind is StreamReset:
+            endpoint = self._endpoints.get(event.stream_id)  # type: ignore[union-attr]
             if endpoint is not None:
                 endpoint.on_reset(event.reason, event.before_open)  # type: ignore[union-attr]
         elif kind is OpenConfirmed:
+            endpoint = self._endpoints.get(event.stream_id)  # type: ignore[union-attr]
             if isinstance(endpoint, UserStream):
                 endpoint.on_open_ok()
         elif kind is StreamOpened:
             self._accept(event)  # type: ignore[arg-type]
         elif kind is OpenRefused:
             log.warning("service %s stream %d: %d streams open, the limit; refusing", self.service_id,
-                        event.stream_id, len(self._endpoints),
+                        event.stream_id, len(self._endpoints),  # type: ignore[union-attr]
                         extra=fields(self.service_id, event.stream_id, reason=event.reason))  # type: ignore[union-attr]
+        elif kind is SessionResumed:
+            self._resumed(event)  # type: ignore[arg-type]
+        elif kind is SessionStarted and self._resuming:
+            self._resuming = False
+            log.warning("service %s: %s; its streams were reset", self.service_id,
+                        "the server could not resume the session (it expired or the server restarted)",
+                        extra=fields(self.service_id, reason="session not resumed"))
 
     def _accept(self, event: StreamOpened) -> None:
         """Agent: the server opened a stream; dial the service for it."""
@@ -145,6 +185,16 @@ class Tunnel:
             raise RuntimeError("OPEN on a tunnel that has no service to dial")
         self._endpoints[event.stream_id] = ServiceStream(self.session, event.stream_id, self.wake, self.service_id,
                                                          event.peer, target, self.loop)
+
+    def _resumed(self, event: SessionResumed) -> None:
+        self._resuming = False
+        stats = self.stats
+        stats.sessions_resumed += 1
+        stats.streams_resumed += event.streams
+        stats.bytes_retransmitted += event.retransmitted
+        log.info("service %s: session resumed after %.1f s: %d streams kept, %d bytes sent again",
+                 self.service_id, time.monotonic() - self._lost_at, event.streams, event.retransmitted,
+                 extra=fields(self.service_id, reason="resumed"))
 
     def _internal_error(self, stream_id: int) -> None:
         log.exception("service %s stream %d: unexpected error; resetting the stream", self.service_id, stream_id,
@@ -165,9 +215,9 @@ class Tunnel:
         """The session has frames to send: let the writer run (at the end of this loop turn)."""
         self._wakeup.set()
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, connection: Connection) -> None:
         """Everything the session queued since the last wake-up goes out in one write."""
-        session, wakeup, connection = self.session, self._wakeup, self.connection
+        session, wakeup = self.session, self._wakeup
         try:
             while True:
                 frames = session.data_to_send()
@@ -180,59 +230,123 @@ class Tunnel:
         except ConnectionClosed:
             pass
 
-    # -- life and death of the tunnel ------------------------------------------------------
+    async def _confirm_loop(self, connection: Connection) -> None:
+        """Let finished streams go once a pong proves the peer processed their last frames (v2)."""
+        session = self.session
+        try:
+            while True:
+                await asyncio.sleep(CONFIRM_INTERVAL)
+                if session.can_confirm:
+                    mark = session.mark()
+                    await self._wait_written()
+                    pong = await connection.ping()
+                    await pong
+                    session.peer_caught_up(mark)
+        except ConnectionClosed:
+            pass
 
-    async def run(self) -> None:
-        """Serve the tunnel until the WebSocket closes; then end every stream."""
-        self._writer = asyncio.create_task(self._write_loop())
+    async def _wait_written(self) -> None:
+        """Until the frames queued now are handed to the WebSocket (the ping must follow them)."""
+        while self.session.has_output:
+            await asyncio.sleep(0)
+
+    # -- life and death ----------------------------------------------------------------------
+
+    async def run(self, connection: Connection) -> bool:
+        """Carry the session over ``connection`` until it ends.
+
+        Returns True when the session outlives it (v2, link lost, or a newer link took over),
+        False when the tunnel has ended with it.
+        """
+        if self.closed:
+            raise RuntimeError("the tunnel has ended")
+        self.connection = connection
+        self.detached_since = None
+        self._resuming = self.session.hello is not None and self.session.role == "agent"
+        self._link_tasks = [self.loop.create_task(self._write_loop(connection))]
+        if self.session.resumable:
+            self._link_tasks.append(self.loop.create_task(self._confirm_loop(connection)))
         failed: asyncio.Future[ProtocolError] = self.loop.create_future()
 
         def deliver(message: Message) -> None:
-            if failed.done():
-                return  # the WebSocket is being closed for a protocol error: ignore the rest
+            if failed.done() or self.connection is not connection:
+                return  # being closed for a protocol error, or replaced by a newer link
             try:
                 self._on_message(message)
             except ProtocolError as exc:
                 failed.set_result(exc)
-                pause_reading(self.connection)  # read no more until the close frame is on its way
+                pause_reading(connection)  # read no more until the close frame is on its way
 
+        protocol_error = False
         try:
-            self.connection.deliver_to(deliver)
-            await wait_closed_or(self.connection, failed)
+            connection.deliver_to(deliver)
+            await wait_closed_or(connection, failed)
             if failed.done():
-                await self._close_for_protocol_error(failed.result())
+                protocol_error = True
+                await self._close_for_protocol_error(connection, failed.result())
         except ConnectionClosed:
             pass
-        finally:
-            self._teardown()
+        if self.connection is not connection:
+            return not self.closed  # a newer link took over (see take_over), or close() ended it all
+        self._drop_link()
+        if not protocol_error:
+            self.close_code, self.close_reason = describe_close(connection)
+        if self.session.resumable and not protocol_error and self.close_code in LINK_LOST:
+            self.session.detach()
+            self.detached_since = time.time()
+            self._lost_at = time.monotonic()
+            return True
+        self._teardown()
+        return False
 
-    async def _close_for_protocol_error(self, exc: ProtocolError) -> None:
+    def take_over(self) -> Connection | None:
+        """Server: the agent resumed on a new WebSocket while the old one looks alive; detach from it.
+
+        Returns the old connection, for the caller to close.
+        """
+        old = self.connection
+        if old is not None:
+            self._drop_link()
+            self.session.detach()
+            self._lost_at = time.monotonic()
+        return old
+
+    def _drop_link(self) -> None:
+        for task in self._link_tasks:
+            task.cancel()
+        self._link_tasks = []
+        self.connection = None
+
+    async def _close_for_protocol_error(self, connection: Connection, exc: ProtocolError) -> None:
         self.close_reason = f"protocol error: {exc}"
         self.close_code = CLOSE_PROTOCOL_ERROR
         log.warning("service %s: %s; closing the WebSocket (1002)", self.service_id, exc,
                     extra=fields(self.service_id, reason=str(exc), close_code=CLOSE_PROTOCOL_ERROR))
-        self._stop_writing()
-        closing = asyncio.ensure_future(self.connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120]))
+        for task in self._link_tasks:
+            task.cancel()
+        closing = asyncio.ensure_future(connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120]))
         await asyncio.sleep(0)  # the close frame is queued: now read the peer's answer again
-        resume_reading(self.connection)
+        resume_reading(connection)
         await closing
 
-    def _stop_writing(self) -> None:
-        self.closed = True
-        if self._writer is not None:
-            self._writer.cancel()
-
     async def close(self, code: int, reason: str) -> None:
-        """Close from our side (replaced by a newer agent, shutdown)."""
+        """End the tunnel on purpose (shutdown, replaced by another agent): streams end, the peer is told."""
         self.close_reason = reason
         self.close_code = code
+        connection = self.connection
         self._teardown()
-        await self.connection.close(code, reason)
+        if connection is not None:
+            await connection.close(code, reason)
+
+    def expire(self, reason: str) -> None:
+        """End a detached tunnel whose link did not come back in time."""
+        self.close_reason = reason
+        self._teardown()
 
     def _teardown(self) -> None:
-        self._stop_writing()
-        if not self.close_reason:
-            self.close_code, self.close_reason = describe_close(self.connection)
+        self._drop_link()
+        self.closed = True
+        self.detached_since = None
         self.session.close()
         endpoints = list(self._endpoints.values())
         self._endpoints.clear()

@@ -18,7 +18,7 @@ from typing import Callable
 from .logfields import fields
 from .reasons import StreamFailure
 from .session import Session
-from .stats import OpenStats
+from .stats import ServiceStats
 from .streams import READ_AHEAD, StreamEndpoint, Wake, peer_name, reset_connection
 
 log = logging.getLogger("reverse_websockify.stream")
@@ -84,7 +84,7 @@ class UserStream(StreamEndpoint):
     """A user's connection with a stream: relayed; the agent must answer OPEN in time."""
 
     def __init__(self, session: Session, stream_id: int, wake: Wake, service_id: str, user: WaitingUser, *,
-                 loop: asyncio.AbstractEventLoop, open_timeout: float | None, stats: OpenStats) -> None:
+                 loop: asyncio.AbstractEventLoop, open_timeout: float | None, stats: ServiceStats) -> None:
         super().__init__(session, stream_id, wake, service_id, user.peer)
         self.transport = user.transport
         self.accepted_at = user.accepted_at
@@ -125,7 +125,7 @@ class UserStream(StreamEndpoint):
         self._cancel_open_timer()
 
 
-def refuse_user(user: WaitingUser, why: str, stats: OpenStats, failure: StreamFailure, *,
+def refuse_user(user: WaitingUser, why: str, stats: ServiceStats, failure: StreamFailure, *,
                 reason: str | None = None, level: int = logging.INFO) -> None:
     """Close a user who gets no stream: one log line ("service ID: <why> <peer>"), the failure counted."""
     log.log(level, "service %s: %s %s", user.service_id, why, user.peer,

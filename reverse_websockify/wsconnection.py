@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from .protocol import CLOSE_ABNORMAL, MAX_MESSAGE, SUBPROTOCOL
+from .protocol import CLOSE_ABNORMAL, MAX_MESSAGE, SUBPROTOCOL, SUBPROTOCOL_V2
 
 SUPPORTED_WEBSOCKETS = (15, 18)
 """websockets major versions this module is written against: >= 15, < 18 (pyproject.toml)."""
@@ -51,10 +51,14 @@ MessageSink = Callable[[Message], None]
 _BINARY, _TEXT, _CONT = Opcode.BINARY, Opcode.TEXT, Opcode.CONT
 
 
-def connection_options(*, ping_interval: float, ping_timeout: float, open_timeout: float) -> dict[str, Any]:
-    """The keyword arguments of websockets' ``serve()`` and ``connect()`` that both programs share."""
+def connection_options(*, ping_interval: float, ping_timeout: float, open_timeout: float,
+                       subprotocols: tuple[str, ...] = (SUBPROTOCOL_V2, SUBPROTOCOL)) -> dict[str, Any]:
+    """The keyword arguments of websockets' ``serve()`` and ``connect()`` that both programs share.
+
+    ``subprotocols``: in order of preference (the server picks the first one the agent offers).
+    """
     return {
-        "subprotocols": [SUBPROTOCOL],
+        "subprotocols": list(subprotocols),
         "compression": None,  # tunnelled bytes are often encrypted already; deflate costs CPU for nothing
         "max_size": MAX_MESSAGE,
         "ping_interval": ping_interval,
@@ -115,7 +119,7 @@ class DirectDelivery:
 
 
 class DirectServerConnection(DirectDelivery, ServerConnection):
-    pass
+    admission: Any = None  # what the server decided while routing the handshake (e.g. the session to resume)
 
 
 class DirectClientConnection(DirectDelivery, ClientConnection):

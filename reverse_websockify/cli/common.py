@@ -184,3 +184,16 @@ def configure_logging(level: str, fmt: str, service: str | None = None) -> None:
     root.setLevel(level)
     # websockets logs every failed handshake at ERROR with a traceback; ours are one line.
     logging.getLogger("websockets").setLevel(logging.CRITICAL if level != "DEBUG" else logging.DEBUG)
+    handler.addFilter(RedactSecrets())  # on the handler: websockets logs through child loggers
+
+
+class RedactSecrets(logging.Filter):
+    """At DEBUG websockets logs every handshake header: never the token or the session secret."""
+
+    SECRET_HEADERS = ("authorization", "x-reverse-websockify-resume")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in self.SECRET_HEADERS:
+            record.args = (args[0], "[redacted]")
+        return True

@@ -42,6 +42,7 @@ RANKS: dict[str, int] = {
     "tunnel": 7,
     # the programs
     "service": 8,
+    "admission": 9,
     "metrics": 9,
     "server": 10,
     "agent": 10,

@@ -363,3 +363,62 @@ def test_docs_worked_example_decodes() -> None:
     assert messages == [reencode(f) for f in frames]
     assert "04 00 00 00 01 00 08 00 00" in text
     assert decode(bytes.fromhex("04 00 00 00 01 00 08 00 00")).window_increment == INITIAL_WINDOW // 2
+
+
+def test_docs_v2_worked_example_decodes() -> None:
+    import re
+    from pathlib import Path
+
+    from reverse_websockify.protocol import Hello, StreamProgress, parse_hello, parse_resume
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    block = text[text.index("#  dir   frame (v2)"):]
+    block = block[: block.index("```")]
+    messages = [bytes.fromhex(m) for m in re.findall(r"^ {9}((?:[0-9a-f]{2} )*[0-9a-f]{2})\s*$", block, re.M)]
+    frames = [decode(m, version=2) for m in messages]
+    assert [f.type for f in frames] == [FrameType.HELLO, FrameType.HELLO, FrameType.RESUME, FrameType.RESUME,
+                                        FrameType.DATA]
+    session_id = bytes(range(16))
+    assert parse_hello(frames[0].body) == Hello(False, 60, session_id, b"\xa1" * 32)
+    assert parse_hello(frames[1].body) == Hello(True, 60, session_id, b"\xb2" * 32)
+    for report in (parse_resume(frames[2].body), parse_resume(frames[3].body)):
+        assert report.highest_id == 1 and not report.more
+        assert report.streams == (StreamProgress(1, 6, INITIAL_WINDOW, False, True),)
+    assert (frames[4].stream_id, bytes(frames[4].body)) == (1, b"world\n")
+    resume_line = re.search(r"X-Reverse-Websockify-Resume: ([0-9a-f]+)\.", block)
+    assert resume_line is not None and bytes.fromhex(resume_line.group(1)) == session_id
+
+
+def test_v2_frames_are_unknown_in_v1_and_need_stream_zero() -> None:
+    from reverse_websockify.protocol import Hello, encode_hello
+
+    hello = encode_hello(Hello(False, 60, bytes(16), bytes(32)))
+    with pytest.raises(ProtocolError, match="unknown frame type 7"):
+        decode(hello)
+    assert decode(hello, version=2).type is FrameType.HELLO
+    with pytest.raises(ProtocolError, match="stream id 0"):
+        decode(b"\x07\x00\x00\x00\x01" + hello[5:], version=2)
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"\x00\x00\x00\x00\x01" + b"\x00" * 20, "not a header and whole entries"),
+    (b"\x00\x00\x00\x00\x01" + bytes.fromhex("00000002" + "00" * 8 + "00" * 8 + "00"), "above the highest id"),
+    (b"\x00\x00\x00\x00\x01" + bytes.fromhex("00000001" + "0000000000000010" + "0000000000000001" + "00"),
+     "credit limit"),
+])
+def test_bad_resume_reports_are_protocol_errors(body: bytes, message: str) -> None:
+    from reverse_websockify.protocol import parse_resume
+
+    with pytest.raises(ProtocolError, match=message):
+        parse_resume(body)
+
+
+def test_resume_reports_split_over_frames() -> None:
+    from reverse_websockify.protocol import RESUME_ENTRIES_PER_FRAME, StreamProgress, encode_resume, parse_resume
+
+    entries = [StreamProgress(i, i, i + 10, bool(i % 2), bool(i % 3)) for i in range(1, RESUME_ENTRIES_PER_FRAME + 3)]
+    frames = encode_resume(len(entries), entries)
+    assert len(frames) == 2 and all(len(f) <= MAX_MESSAGE for f in frames)
+    reports = [parse_resume(decode(f, version=2).body) for f in frames]
+    assert [r.more for r in reports] == [True, False]
+    assert [e for r in reports for e in r.streams] == entries

@@ -506,8 +506,8 @@ class BackToBackWithCuts(BackToBack):
     @rule(side=st.sampled_from([SERVER, AGENT]))
     def pong(self, side: str) -> None:
         """A ping sent now is answered once everything before it has arrived: finished streams are let go."""
-        if self.linked and not self.pipes[side]:
-            session = self.sessions[side]
+        session = self.sessions[side]
+        if self.linked and not self.pipes[side] and session.can_confirm:
             session.peer_caught_up(session.mark())
 
     @invariant()
