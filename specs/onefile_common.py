@@ -46,8 +46,8 @@ EXCLUDES = [
     "websockets.legacy", "websockets.sync", "websockets.trio", "websockets.cli", "websockets.__main__",
 ]
 if sys.platform != "win32":
-    # platformdirs imports its Windows backend (and so ctypes) only on Windows.
-    EXCLUDES += ["platformdirs.windows", "ctypes", "_ctypes"]
+    # platformdirs imports its Windows backend only on Windows. (ctypes stays: allocator.py uses it.)
+    EXCLUDES += ["platformdirs.windows"]
 
 
 def hidden_imports(drop: list[str]) -> list[str]:

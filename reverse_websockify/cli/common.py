@@ -49,6 +49,9 @@ def add_event_loop_flag(parser: argparse.ArgumentParser) -> None:
 
 def run_event_loop(main: Callable[[], Coroutine[Any, Any, None]], choice: str) -> str:
     """Run ``main()`` on the chosen event loop; return its name (for the start-up log line)."""
+    from ..allocator import tune
+
+    tune()
     if choice != "asyncio":
         try:
             import uvloop

@@ -24,6 +24,7 @@ RANKS: dict[str, int] = {
     "logfields": 1,
     "latency": 1,
     "errors": 1,
+    "allocator": 1,
     "fdlimit": 1,
     "signals": 1,
     "status": 1,
