@@ -57,6 +57,8 @@ def _start_exchanges(deployment: Deployment, echo: Service, count: int, size: in
     return exchanges
 
 
+RESUME_OFF = "\nresume_seconds = 0\n"
+
 def _check_interrupted(exchanges: list[Exchange], seconds: float) -> tuple[float, dict[str, int]]:
     """Every user connection ends (none hangs) and holds only correct bytes; return the slowest end."""
     started = time.monotonic()
@@ -84,7 +86,8 @@ def _since(moment: float, earlier: float) -> float:
 
 def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
         deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
-    deployment.extra_config = FAST_KEEPALIVE_CONFIG
+    deployment.extra_config += RESUME_OFF  # protocol v1: a lost link ends the streams (see test_sessions.py)
+    deployment.extra_config += FAST_KEEPALIVE_CONFIG
     deployment.write_config()
     deployment.options.append("--log-format=json")
     deployment.start_server()
@@ -124,7 +127,7 @@ def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
     assert reattached < 1.5, reattached
     payload = os.urandom(1 << 20)
     _echo_ok(port, payload)
-    figure("link frozen (no FIN, no RST)",
+    figure("v1 (resume_seconds = 0): link frozen (no FIN, no RST)",
            f"both sides notice within ping interval + timeout + 2 s = {KEEPALIVE_BOUND} s at 1 s/1 s "
            "(defaults 8 + 10 + 2 = 20 s); users closed; agent back as soon as the link is",
            f"server {server_noticed:.1f} s, agent {agent_noticed:.1f} s, all 3 users closed by "
@@ -138,6 +141,7 @@ def test_frozen_link_is_noticed_users_closed_and_agent_back_as_soon_as_link_is(
 def test_frozen_link_with_default_keepalive(
         deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
     """The figure the README promises for the shipped defaults (8 s + 10 s + 2 s)."""
+    deployment.extra_config += RESUME_OFF  # protocol v1: a lost link ends the streams (see test_sessions.py)
     deployment.options.append("--log-format=json")
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
@@ -159,7 +163,7 @@ def test_frozen_link_with_default_keepalive(
     back_at = time.monotonic()
     wait_for(lambda: _connected(deployment), 20, "the agent to reattach")
     reattached = time.monotonic() - back_at
-    figure("link frozen, default keepalive",
+    figure("v1 (resume_seconds = 0): link frozen, default keepalive",
            "noticed within 8 + 10 + 2 = 20 s",
            f"user closed after {took:.1f} s, agent noticed after {agent_noticed:.1f} s; "
            f"reattached {reattached:.2f} s after the link came back",
@@ -169,6 +173,7 @@ def test_frozen_link_with_default_keepalive(
 @pytest.mark.parametrize("rst", [True, False], ids=["RST", "FIN"])
 def test_link_cut_mid_transfer(deployment: Deployment, echo: Service, make_proxy: Callable[[int], FaultProxy],
                                figure: Figure, rst: bool) -> None:
+    deployment.extra_config += RESUME_OFF  # protocol v1: a lost link ends the streams (see test_sessions.py)
     deployment.options.append("--log-format=json")
     deployment.start_server()
     proxy = make_proxy(deployment.http_port)
@@ -192,7 +197,7 @@ def test_link_cut_mid_transfer(deployment: Deployment, echo: Service, make_proxy
     assert recovered < 2.5, recovered  # first retry after 0.5..1 s
     after = os.urandom(3 << 20)
     _echo_ok(port, after)
-    figure(f"link cut mid-transfer ({'RST' if rst else 'FIN'})",
+    figure(f"v1 (resume_seconds = 0): link cut mid-transfer ({'RST' if rst else 'FIN'})",
            "no user hangs; delivered bytes are exact; agent reconnects within its first backoff (≤ 1 s)",
            f"4 users mid-transfer closed {users_closed:.2f} s after the cut ({outcomes}), all received bytes "
            f"an exact prefix; service side closed by {service_closed:.2f} s; agent back after {recovered:.2f} s; "
@@ -227,6 +232,7 @@ def test_link_down_for_a_while_then_back(deployment: Deployment, echo: Service,
 
 
 def test_server_sigkill_and_restart(deployment: Deployment, echo: Service, figure: Figure) -> None:
+    deployment.extra_config += RESUME_OFF  # protocol v1: a lost link ends the streams (see test_sessions.py)
     deployment.options.append("--log-format=json")
     server = deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port)
@@ -256,7 +262,7 @@ def test_server_sigkill_and_restart(deployment: Deployment, echo: Service, figur
     assert delays, agent.lines()[mark:]
     assert after_up < max(delays) + 0.5, (after_up, delays)
     _echo_ok(port, os.urandom(4 << 20))
-    figure("server SIGKILL, restarted after 1 s",
+    figure("v1 (resume_seconds = 0): server SIGKILL, restarted after 1 s",
            "no user hangs; agent reattaches by itself within its backoff; later transfers byte-exact",
            f"users closed {users_closed:.2f} s after the kill ({outcomes}), service side {service_closed:.2f} s; "
            f"server up again after {up_at - restarting_at:.1f} s, agent attached {after_up:.2f} s later "
@@ -266,6 +272,7 @@ def test_server_sigkill_and_restart(deployment: Deployment, echo: Service, figur
 
 
 def test_agent_sigkill_and_restart(deployment: Deployment, echo: Service, figure: Figure) -> None:
+    deployment.extra_config += RESUME_OFF  # protocol v1: a lost link ends the streams (see test_sessions.py)
     deployment.start_server()
     agent = deployment.start_agent("BUS1", echo.port)
     port = deployment.services["BUS1"]
@@ -287,7 +294,7 @@ def test_agent_sigkill_and_restart(deployment: Deployment, echo: Service, figure
     assert sha256(bytes(waiting.received)) == sha256(waiting.payload)
     assert users_closed < 2, users_closed
     _echo_ok(port, os.urandom(4 << 20))
-    figure("agent SIGKILL, restarted",
+    figure("v1 (resume_seconds = 0): agent SIGKILL, restarted",
            "no user hangs; a user arriving meanwhile waits for the new agent (agent_wait_seconds 5 s)",
            f"users closed {users_closed:.2f} s after the kill ({outcomes}), server noticed after "
            f"{server_noticed:.2f} s; restarted agent attached {attached:.2f} s after its start "
@@ -531,6 +538,7 @@ def test_abort_mid_download_reaches_the_user_as_a_reset(deployment: Deployment, 
     Directly connected to a service that resets, or across a link that dies, a TCP client gets
     ECONNRESET. Through the tunnel it must get the same, not a FIN (clean end of stream).
     """
+    deployment.extra_config += RESUME_OFF  # protocol v1: a lost link ends the streams (see test_sessions.py)
     greeting = os.urandom(4 << 20)
     downloading = Service("greet_then_reset", greeting=greeting, reset_delay=0.5)
     try:
@@ -555,7 +563,7 @@ def test_abort_mid_download_reaches_the_user_as_a_reset(deployment: Deployment, 
         _, agent_killed_seen, data2 = read_until_closed(user, 10)
         user.close()
         assert greeting.startswith(data2)
-        figure("download cut short (service reset / agent killed)",
+        figure("v1 (resume_seconds = 0): download cut short (service reset / agent killed)",
                "the user sees a reset, never a clean EOF, when the stream did not end normally",
                f"service reset: user saw {service_reset_seen} after {len(data)} of {len(greeting)} bytes; "
                f"agent killed: user saw {agent_killed_seen} after {len(data2)} bytes")
