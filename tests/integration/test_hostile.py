@@ -87,6 +87,9 @@ def test_data_beyond_credit_closes_with_1002(deployment: Deployment) -> None:
                 for _ in range(256):  # 64 MiB, far beyond window + socket buffers; the user never reads
                     await ws.send(encode_data(stream_id, chunk))
                     sent += len(chunk)
+                    # Let the client's loop read: a server that drains fast never blocks send(), and the
+                    # close frame would wait unread until the whole flood is out.
+                    await asyncio.sleep(0)
                 while True:
                     await asyncio.wait_for(ws.recv(), 5)
             except ConnectionClosed:
