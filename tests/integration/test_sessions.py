@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import urllib.request
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 from websockets.asyncio.client import connect
@@ -29,22 +29,6 @@ FAST_KEEPALIVE_CONFIG = "ping_interval_seconds = 1\nping_timeout_seconds = 1"
 FAST_KEEPALIVE_FLAGS = ("--ping-interval=1", "--ping-timeout=1")
 KEEPALIVE_BOUND = 1 + 1 + 2  # interval + timeout + closing handshake timeout, seconds
 SLACK = 2.0  # scheduling on a shared machine
-
-
-@pytest.fixture
-def make_proxy(deployment: Deployment) -> Iterator[Callable[[int], FaultProxy]]:
-    """Fault proxies, closed after the deployment has stopped (else the agent's last link is cut first)."""
-    proxies: list[FaultProxy] = []
-
-    def make(upstream_port: int) -> FaultProxy:
-        proxy = FaultProxy(upstream_port)
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    deployment.stop()  # stopping twice is harmless: the deployment fixture's stop() finds nothing running
-    for proxy in proxies:
-        proxy.close()
 
 
 def _via(proxy: FaultProxy, sid: str = "BUS1") -> str:

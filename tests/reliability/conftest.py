@@ -13,8 +13,6 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.reliability.faultproxy import FaultProxy
-
 FIGURES: list[dict[str, Any]] = []
 _FIGURES_FILE: list[Path] = []
 
@@ -60,15 +58,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"written to {_FIGURES_FILE[0]}")
 
 
-@pytest.fixture
-def make_proxy() -> Iterator[Callable[[int], FaultProxy]]:
-    proxies: list[FaultProxy] = []
-
-    def make(upstream_port: int) -> FaultProxy:
-        proxy = FaultProxy(upstream_port)
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
