@@ -65,6 +65,9 @@ LINK_LOST = (None, CLOSE_ABNORMAL, 1011)
 """Close codes of a link that was lost rather than closed on purpose: no close frame from the
 peer (1006), or our own keepalive giving up (1011). A v2 session survives these."""
 
+WRITTEN_POLL = 0.01
+"""How often the confirmation loop looks whether the frames before its ping have been written."""
+
 CONFIRM_INTERVAL = 1.0
 """How often finished streams are confirmed with a ping (see Session.mark), when there are any."""
 
@@ -246,9 +249,13 @@ class Tunnel:
             pass
 
     async def _wait_written(self) -> None:
-        """Until the frames queued now are handed to the WebSocket (the ping must follow them)."""
+        """Until the frames queued now are handed to the WebSocket (the ping must follow them).
+
+        Polled, not spun: while the writer waits for a full socket this would otherwise take a
+        loop turn of its own each time round, on the relay's busiest moments.
+        """
         while self.session.has_output:
-            await asyncio.sleep(0)
+            await asyncio.sleep(WRITTEN_POLL)
 
     # -- life and death ----------------------------------------------------------------------
 
