@@ -18,7 +18,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from reverse_websockify.protocol import RESUME_HEADER, SUBPROTOCOL, SUBPROTOCOL_V2
+from reverse_websockify.protocol import (RESUME_HEADER, SUBPROTOCOL, SUBPROTOCOL_V2, FrameType, Hello, decode,
+                                         encode_resume, parse_hello)
 from tests.reliability.faultproxy import FaultProxy
 from tests.support.clients import Exchange, read_until_closed, sha256, still_open, transfer
 from tests.support.deployment import Deployment
@@ -210,6 +211,63 @@ def test_malformed_resume_header_is_refused_and_the_real_agent_resumes(
     user.close()
     assert not server.find_lines("dropped") and not server.find_lines("expired", reason="session expired")
     assert echo.accepted == 1
+
+
+async def _raw_session(url: str, resume: Hello | None = None) -> Hello:
+    """Attach as a bare v2 agent, read the server's HELLO, then lose the link (abort: no closing handshake)."""
+    headers = {RESUME_HEADER: f"{resume.session_id.hex()}.{resume.secret.hex()}"} if resume else {}
+    ws = await connect(url, subprotocols=[SUBPROTOCOL_V2], additional_headers=headers,  # type: ignore[list-item]
+                       user_agent_header="reverse_websockify_agent/raw", open_timeout=10, compression=None)
+    try:
+        frame = decode(await asyncio.wait_for(ws.recv(), 5), version=2)
+        assert frame.type == FrameType.HELLO and frame.stream_id == 0, frame
+        hello = parse_hello(frame.body)
+        if hello.resumed:  # the agent's half of the handshake: it has no streams (docs/protocol.md section 9)
+            await ws.send(encode_resume(0, [])[0])
+            report = decode(await asyncio.wait_for(ws.recv(), 5), version=2)
+            assert report.type == FrameType.RESUME, report
+        return hello
+    finally:
+        ws.transport.abort()
+
+
+def _refused(url: str, hello: Hello) -> InvalidStatus:
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(_raw_session(url, hello))
+    return refused.value
+
+
+def test_wrong_or_stale_secret_refused_403_and_the_session_stays(deployment: Deployment) -> None:
+    """The secret rotates at every resume: an old one is stale, and neither it nor a wrong one disturbs the session."""
+    _setup(deployment)
+    server = deployment.start_server()
+    url = deployment.url("BUS1")
+    first = asyncio.run(_raw_session(url))
+    assert not first.resumed
+    wait_for(lambda: _detached(deployment, 0), 10, "the server to keep the session, detached")
+    mark = server.mark()
+
+    wrong = Hello(False, 0, first.session_id, bytes(b ^ 0xFF for b in first.secret))
+    refusal = _refused(url, wrong)
+    assert refusal.response.status_code == 403
+    assert b"wrong or stale session secret for service BUS1" in refusal.response.body
+    server.wait_line("wrong or stale session secret", since=mark, reason="wrong session secret", timeout=5)
+
+    second = asyncio.run(_raw_session(url, first))  # the right secret resumes, with a new secret
+    assert second.resumed and second.session_id == first.session_id and second.secret != first.secret
+    wait_for(lambda: deployment.status()["BUS1"]["sessions_resumed"] == 1, 10, "the resume to be counted")
+    wait_for(lambda: _detached(deployment, 0), 10, "the session to be detached again")
+
+    refusal = _refused(url, first)  # the secret before the resume is stale now
+    assert refusal.response.status_code == 403
+    wait_for(lambda: len(server.find_lines("wrong or stale session secret", since=mark)) == 2, 5,
+             "the second refusal's log line")
+    third = asyncio.run(_raw_session(url, second))
+    assert third.resumed and third.session_id == first.session_id
+    wait_for(lambda: deployment.status()["BUS1"]["sessions_resumed"] == 2, 10, "the second resume to be counted")
+    log = server.log()
+    for hello in (first, second, third, wrong):
+        assert hello.secret.hex() not in log, "a session secret was logged"
 
 
 # -- v1 and v2 -------------------------------------------------------------------------------------------
