@@ -69,7 +69,7 @@ class Rendezvous(Deployment):
         ports = free_ports(len(targets) + 1)
         programs = settings.programs
         super().__init__(tmp=directory, services=dict(zip(targets, ports[1:])), http_port=ports[0],
-                         programs=programs, env=programs.env(),
+                         programs=programs, env=programs.env(), extra_config=settings.server_config,
                          options=[f"--log-level={settings.log_level}"] if settings.log_level else [])
         self.name = name
         self.targets = targets

@@ -24,6 +24,7 @@ def header(settings: Settings) -> dict[str, Any]:
         "mode": "binaries" if settings.binaries else "package",
         "binaries": str(settings.binaries) if settings.binaries else None,
         "event_loop": settings.event_loop,
+        "server_config": settings.server_config,
         "bench_python": platform.python_version(),
     }
     try:

@@ -94,7 +94,8 @@ class Results:
             f"- machine: {h.get('cores')} cores ({h.get('cpu')}), Linux {h.get('kernel')}, "
             f"load average at start {h.get('loadavg_start')}",
             f"- programs: {h.get('mode')}: {h.get('program_version')}; event loop: "
-            f"{h.get('event_loop') or 'default (auto)'}",
+            f"{h.get('event_loop') or 'default (auto)'}"
+            + (f"; server config adds `{h['server_config']}`" if h.get("server_config") else ""),
             f"- Python {h.get('python')}, websockets {h.get('websockets')}; git {h.get('git')}",
             f"- tools: {h.get('tools')}",
             f"- {self.settings.repeat} repetition(s){' (--quick)' if self.settings.quick else ''}; "

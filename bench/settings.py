@@ -22,6 +22,7 @@ class Settings:
     log_level: str | None
     only: set[str]
     event_loop: str | None = None
+    server_config: str = ""  # TOML lines added to every server's config (e.g. resume_seconds = 0)
 
     @property
     def programs(self) -> Programs:
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
                    help="passed to server and agents (default: theirs, INFO)")
     p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"],
                    help="passed to server and agents (default: theirs, auto = uvloop when installed)")
+    p.add_argument("--server-config", metavar="TOML", default="",
+                   help="lines added to the server's config, e.g. 'resume_seconds = 0' (use \\n between lines)")
     p.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of: {', '.join(GROUPS)}")
     p.add_argument("--strict", action="store_true",
                    help="also exit 1 when the server/agent logs hold an ERROR or traceback, or a tunnel broke")
@@ -84,6 +87,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         log_level=a.log_level,
         only=only,
         event_loop=a.event_loop,
+        server_config=a.server_config.replace("\\n", "\n"),
     )
     if s.repeat < 1:
         p.error("--repeat must be at least 1")
