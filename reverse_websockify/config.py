@@ -43,6 +43,13 @@ class ServiceConfig:
     nickname: str
     listen: Endpoint
     token: str | None = field(default=None, repr=False)
+    token_sha256: bytes | None = field(default=None, repr=False)  # sha256 of the token: no secret in the file
+    agent_identity: str | None = None  # the client certificate's CN or DNS name that may attach (identity.py)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether anything more than reaching the server is asked of an agent attaching here."""
+        return self.token is not None or self.token_sha256 is not None or self.agent_identity is not None
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class ServerConfig:
     resume_seconds: float = 60.0  # how long a v2 session outlives a lost link; 0: not at all (protocol v1)
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     tls: TlsConfig | None = None
+    client_crl: Path | None = None  # revoked client certificates (revocation.py)
 
 
 # Example config shipped inside the package: `reverse_websockify_server --example-config`.
@@ -94,8 +102,9 @@ _TOP_KEYS = {
     "resume_seconds",
     "trusted_proxies",
     "tls",
+    "client_crl",
 }
-_SERVICE_KEYS = {"nickname", "local_listen_endpoint", "token"}
+_SERVICE_KEYS = {"nickname", "local_listen_endpoint", "token", "token_sha256", "agent_identity"}
 _TLS_KEYS = {"cert", "key", "client_ca"}
 
 
@@ -191,7 +200,14 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         token = table.get("token")
         if token is not None and (not isinstance(token, str) or not token):
             raise ConfigError(f"{where}token: expected a non-empty string")
-        services[service_id] = ServiceConfig(service_id, nickname, listen, token)
+        token_sha256 = _sha256_hex(table, where)
+        if token is not None and token_sha256 is not None:
+            raise ConfigError(f"{where}token_sha256: give token or token_sha256, not both")
+        identity = table.get("agent_identity")
+        if identity is not None and not _is_identity(identity):
+            raise ConfigError(f"{where}agent_identity: expected the exact CN or DNS name of the agent's "
+                              f"certificate (no wildcard, no surrounding spaces), got {identity!r}")
+        services[service_id] = ServiceConfig(service_id, nickname, listen, token, token_sha256, identity)
 
     proxies = data.get("trusted_proxies", ["127.0.0.0/8", "::1/128"])
     if not isinstance(proxies, list):
@@ -213,18 +229,9 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         for key in ("cert", "key"):
             if not isinstance(table.get(key), str):
                 raise ConfigError(f"tls.{key}: missing (a path to a PEM file)")
-        paths = {}
-        for key in _TLS_KEYS & set(table):
-            value = table[key]
-            if not isinstance(value, str):
-                raise ConfigError(f"tls.{key}: expected a path")
-            p = Path(value)
-            if not p.is_absolute():
-                p = path.parent / p
-            if not p.is_file():
-                raise ConfigError(f"tls.{key}: {value!r}: no such file")
-            paths[key] = p
+        paths = {key: _file(table[key], path, f"tls.{key}") for key in _TLS_KEYS & set(table)}
         tls = TlsConfig(paths["cert"], paths["key"], paths.get("client_ca"))
+    client_crl = _file(data["client_crl"], path, "client_crl") if "client_crl" in data else None
 
     max_streams = data.get("max_streams_per_agent", 10000)
     if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
@@ -243,7 +250,34 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         resume_seconds=_number(data, "resume_seconds", 60.0, ""),
         trusted_proxies=tuple(str(p) for p in proxies),
         tls=tls,
+        client_crl=client_crl,
     )
+
+
+def _file(value: object, config_path: Path, where: str) -> Path:
+    """A file named in the config; a relative path is relative to the config file, as nginx's are not."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a path")
+    p = Path(value)
+    if not p.is_absolute():
+        p = config_path.parent / p
+    if not p.is_file():
+        raise ConfigError(f"{where}: {value!r}: no such file")
+    return p
+
+
+def _is_identity(value: object) -> bool:
+    return (isinstance(value, str) and 0 < len(value) <= 253 and value.isprintable() and value == value.strip()
+            and "*" not in value)
+
+
+def _sha256_hex(table: Mapping[str, Any], where: str) -> bytes | None:
+    value = table.get("token_sha256")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9A-Fa-f]{64}", value):
+        raise ConfigError(f"{where}token_sha256: expected 64 hex digits (printf %s \"$TOKEN\" | sha256sum)")
+    return bytes.fromhex(value)
 
 
 # -- the agent ------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ MAX_REASON = 1024  # bytes of RST reason / OPEN peer address we keep
 # WebSocket close codes this protocol uses (RFC 6455 section 7.4; 4000-4999 are ours).
 CLOSE_GOING_AWAY = 1001  # the agent or the server is shutting down, or the service was removed
 CLOSE_PROTOCOL_ERROR = 1002  # the peer broke this protocol (the reason says how)
+CLOSE_POLICY = 1008  # the agent may no longer attach: its certificate was revoked or the binding changed
 CLOSE_ABNORMAL = 1006  # no close frame: the link was cut (never sent, only reported)
 CLOSE_REPLACED = 4000  # a newer agent for the same service ID took over
 

@@ -7,7 +7,6 @@ What happens per service — users waiting, the attached agent, counters — is
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 import os
@@ -17,13 +16,15 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from . import __version__, status
+from .authentication import Credentials, check, still_allowed
 from .config import ConfigError, ServerConfig, load
 from .fdlimit import FdWatch, raise_soft_limit
+from .identity import CertificateError, from_certificate, from_proxy_headers
 from .logfields import fields
 from .admission import Refusal, admit
 from .protocol import (
@@ -38,8 +39,10 @@ from .protocol import (
     VERSIONS,
     Hello,
 )
+from .revocation import RevocationListError, load_revocation_list
 from .service import Service
 from .signals import on_stop_signals
+from .tls import TlsSetupError, server_context
 from .tunnel import Tunnel
 from .wsconnection import DirectServerConnection, connection_options
 
@@ -72,6 +75,10 @@ class RendezvousServer:
         self.services: dict[str, Service] = {sid: Service(sc, config) for sid, sc in config.services.items()}
         self.http: Server | None = None
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+        self.revoked = load_revocation_list(config.client_crl, f"{config.path}: client_crl")
+        self._tls_context = self._ssl_context(config)  # replaced on reload; see _use_current_tls_context
+        self._certificates_seen = config.tls is not None and config.tls.client_ca is not None
+        self._warned_unguarded: set[str] = set()
         self._stopping = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -90,7 +97,7 @@ class RendezvousServer:
                 **connection_options(ping_interval=self.config.ping_interval, ping_timeout=self.config.ping_timeout,
                                      open_timeout=self.config.handshake_timeout, subprotocols=self._subprotocols),
                 server_header=f"reverse_websockify/{__version__}",
-                ssl=self._ssl_context(),
+                ssl=self._tls_context,
                 reuse_address=True,
                 create_connection=DirectServerConnection,
             ))
@@ -100,6 +107,9 @@ class RendezvousServer:
         log.info("%s: HTTP on %s%s; %d services: %s", self.started_as or "started", self.config.http,
                  " (TLS)" if self.config.tls else "",
                  len(self.services), ", ".join(f"{s.service_id} on {s.config.listen}" for s in self.services.values()))
+        if self.config.client_crl is not None:
+            log.info("client_crl %s: %d revoked certificates", self.config.client_crl, len(self.revoked))
+        self._warn_unguarded()
 
     async def _listen(self, service: Service) -> None:
         listen = service.config.listen
@@ -122,9 +132,17 @@ class RendezvousServer:
         except ConfigError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             return
-        for key in ("http", "tls", "ping_interval", "ping_timeout", "handshake_timeout", "resume_seconds"):
+        try:
+            revoked = load_revocation_list(new.client_crl, f"{new.path}: client_crl")
+            tls_context = self._ssl_context(new) if (new.tls is None) == (self.config.tls is None) else self._tls_context
+        except (RevocationListError, TlsSetupError) as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            return
+        for key in ("http", "ping_interval", "ping_timeout", "handshake_timeout", "resume_seconds"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("reload: %s changed; that takes effect only after a restart", key)
+        if (new.tls is None) != (self.config.tls is None):
+            log.warning("reload: [tls] added or removed; that takes effect only after a restart")
         old_services = self.services
         kept: dict[str, Service] = {}
         for sid, service in old_services.items():
@@ -151,8 +169,30 @@ class RendezvousServer:
         self.services = {sid: kept[sid] for sid in new.services if sid in kept}
         self.config = new
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in new.trusted_proxies]
-        log.info("reloaded %s: %d services; added %s; removed %s", new.path, len(self.services),
-                 ", ".join(added) or "none", ", ".join(s.service_id for s in removed) or "none")
+        self.revoked = revoked
+        self._tls_context = tls_context
+        self._certificates_seen |= new.tls is not None and new.tls.client_ca is not None
+        log.info("reloaded %s: %d services; added %s; removed %s%s", new.path, len(self.services),
+                 ", ".join(added) or "none", ", ".join(s.service_id for s in removed) or "none",
+                 f"; client_crl: {len(revoked)} revoked certificates" if new.client_crl else "")
+        for service in self.services.values():
+            if service.tunnel is not None and not service.tunnel.closed:
+                why = still_allowed(service.config, service.agent_identity, revoked)
+                if why is not None:
+                    await service.cut_off(why)
+        self._warned_unguarded.clear()
+        self._warn_unguarded()
+
+    def _warn_unguarded(self) -> None:
+        """Once client certificates are in play, name the services any certificate of the CA may take over."""
+        if not self._certificates_seen:
+            return
+        open_services = [sid for sid, s in self.services.items()
+                         if not s.config.guarded and sid not in self._warned_unguarded]
+        if open_services:
+            self._warned_unguarded.update(open_services)
+            log.warning("services without agent_identity or token: %s; any client certificate the CA signed can "
+                        "attach as them (see docs/agent-identity.md)", ", ".join(open_services))
 
     async def _bind(self, key: str, endpoint: Any, opening: Any) -> Any:
         try:
@@ -161,12 +201,17 @@ class RendezvousServer:
             why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
             raise StartupError(f"{self.config.path}: {key}: cannot listen on {endpoint}: {why}") from None
 
-    def _ssl_context(self) -> Any:
-        if self.config.tls is None:
+    def _ssl_context(self, config: ServerConfig) -> Any:
+        if config.tls is None:
             return None
-        from .tls import server_context
+        context = server_context(config.tls, config.path, config.client_crl)
+        context.sni_callback = self._use_current_tls_context
+        return context
 
-        return server_context(self.config.tls, where=f"{self.config.path}: tls")
+    def _use_current_tls_context(self, ssl_object: Any, server_name: str | None, context: Any) -> None:
+        """Every handshake (with or without SNI) uses the newest context: a reload's certificate and CRL."""
+        if context is not self._tls_context:
+            ssl_object.context = self._tls_context
 
     def _close_listeners(self) -> None:
         for service in self.services.values():
@@ -215,19 +260,16 @@ class RendezvousServer:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {sid: service.snapshot() for sid, service in self.services.items()}
 
-    def _client_address(self, connection: ServerConnection, request: Request) -> str:
+    def _client_address(self, connection: DirectServerConnection, request: Request) -> str:
+        """The agent's address: the direct peer, or X-Real-Ip when that peer is a trusted proxy."""
         peer = connection.remote_address
-        host = peer[0] if isinstance(peer, tuple) else str(peer)
-        address = f"{host}:{peer[1]}" if isinstance(peer, tuple) else host
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         real = request.headers.get("X-Real-Ip")
-        if real:
+        if real and self._is_trusted(connection):
             try:
-                direct = ipaddress.ip_address(host)
-                claimed = ipaddress.ip_address(real.strip())
+                return str(ipaddress.ip_address(real.strip()))
             except ValueError:
-                return address
-            if any(direct in net for net in self._trusted):
-                return str(claimed)
+                pass
         return address
 
     @property
@@ -235,7 +277,7 @@ class RendezvousServer:
         """v2 first when sessions may resume; ``resume_seconds = 0`` keeps the server at v1."""
         return (SUBPROTOCOL_V2, SUBPROTOCOL) if self.config.resume_seconds > 0 else (SUBPROTOCOL,)
 
-    async def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _route(self, connection: DirectServerConnection, request: Request) -> Response | None:
         path = unquote(urlsplit(request.path).path)
         if path == "/":
             snapshot = self.snapshot()
@@ -267,15 +309,18 @@ class RendezvousServer:
             return _response(HTTPStatus.NOT_FOUND, f"unknown service ID {service_id[:200]!r}\n")
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             return _response(HTTPStatus.UPGRADE_REQUIRED, "this endpoint is for reverse_websockify agents (WebSocket)\n")
-        token = service.config.token
-        if token is not None:
-            offered = request.headers.get("Authorization", "")
-            expected = f"Bearer {token}"
-            if not hmac.compare_digest(offered.encode(), expected.encode()):
-                why = "missing" if not offered else "wrong"
-                log.warning("service %s: agent %s refused: %s token (401)", service_id, address, why,
-                            extra=fields(service_id, peer=address, reason=f"{why} token"))
-                return _response(HTTPStatus.UNAUTHORIZED, f"{why} token for service {service_id}\n")
+        credentials = self._credentials(connection, request)
+        refusal = check(service.config, credentials, self.revoked)
+        if refusal is not None:
+            presented = f"certificate {credentials.identity}" if credentials.identity else "no certificate identity"
+            log.warning("service %s: agent %s (%s) refused (%d): %s", service_id, address, presented,
+                        refusal.status.value, refusal.text,
+                        extra=fields(service_id, peer=address, reason=refusal.reason))
+            service.stats.refusals[refusal.reason] += 1
+            return _response(refusal.status, refusal.text + "\n")
+        if credentials.identity is not None and not self._certificates_seen:
+            self._certificates_seen = True
+            self._warn_unguarded()
         offered_protocols = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
         offered = [p.strip() for p in offered_protocols.split(",")]
         if not any(p in offered for p in self._subprotocols):
@@ -289,10 +334,41 @@ class RendezvousServer:
         decision = await admit(service, address, resume)
         if isinstance(decision, Refusal):
             return _response(decision.status, decision.text)
-        connection.admission = decision  # type: ignore[attr-defined]  # the session to resume, or None
+        connection.admission = decision  # the session to resume, or None
+        connection.identity = credentials.identity
         return None
 
-    async def _handle_agent(self, connection: ServerConnection) -> None:
+    def _credentials(self, connection: DirectServerConnection, request: Request) -> Credentials:
+        """The token and certificate identity an agent presents: from our own TLS, else from a trusted proxy.
+
+        Identity headers are believed only from ``trusted_proxies`` (nginx
+        overwrites them, see nginx.conf); from anyone else they are ignored.
+        """
+        authorization = request.headers.get("Authorization", "")
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            if der:
+                try:
+                    return Credentials(authorization, from_certificate(der, "tls"))
+                except CertificateError as exc:  # verified by OpenSSL, so hardly possible
+                    return Credentials(authorization, None, f"unreadable client certificate: {exc}")
+        if not self._is_trusted(connection):
+            why = ("no client certificate (tls.client_ca is not set)" if ssl_object is not None else
+                   "not a trusted proxy (trusted_proxies), so its identity headers are ignored")
+            return Credentials(authorization, None, why)
+        identity, why = from_proxy_headers(request.headers)
+        return Credentials(authorization, identity, why)
+
+    def _is_trusted(self, connection: DirectServerConnection) -> bool:
+        peer = connection.remote_address
+        try:
+            direct = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else str(peer))
+        except ValueError:
+            return False
+        return any(direct in net for net in self._trusted)
+
+    async def _handle_agent(self, connection: DirectServerConnection) -> None:
         request = connection.request
         assert request is not None
         service = self.services.get(unquote(urlsplit(request.path).path)[len(AGENT_PATH_PREFIX):])
@@ -304,10 +380,11 @@ class RendezvousServer:
         version = agent.split("/", 1)[1] if agent.startswith("reverse_websockify_agent/") else agent[:100]
         protocol_version = VERSIONS.get(connection.subprotocol or "", 1)
         keep = int(self.config.resume_seconds)
-        resumed = getattr(connection, "admission", None)
+        resumed = connection.admission
+        identity = connection.identity
         if isinstance(resumed, Tunnel) and service.tunnel is resumed and not resumed.closed and protocol_version >= 2:
             tunnel = resumed
-            service.resume(tunnel, address, version)
+            service.resume(tunnel, address, version, identity)
             tunnel.session.start(_hello(True, keep, tunnel.session.hello.session_id if tunnel.session.hello else b""))
         else:
             tunnel = Tunnel(
@@ -321,7 +398,7 @@ class RendezvousServer:
             )
             if protocol_version >= 2:
                 tunnel.session.start(_hello(False, keep))
-            service.attach(tunnel, address, version)
+            service.attach(tunnel, address, version, identity)
         kept = False
         try:
             kept = await tunnel.run(connection)

@@ -18,8 +18,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .config import ServerConfig, ServiceConfig
+from .identity import AgentIdentity
 from .logfields import fields
-from .protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED
+from .protocol import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_REPLACED
 from .reasons import StreamFailure
 from .stats import ServiceStats
 from .tunnel import Tunnel
@@ -41,6 +42,7 @@ class Service:
         self.tunnel: Tunnel | None = None  # the agent's session: attached, or detached (v2) until it expires
         self.agent_address = ""
         self.agent_version = ""
+        self.agent_identity: AgentIdentity | None = None  # what the session's agent presented at attach
         self.connected_since: str | None = None
         self.connected_at = 0.0
         self.disconnected_at: float | None = None  # wall clock, for "offline for ..."
@@ -104,7 +106,7 @@ class Service:
 
     # -- agents ---------------------------------------------------------------------------
 
-    def attach(self, tunnel: Tunnel, address: str, version: str) -> None:
+    def attach(self, tunnel: Tunnel, address: str, version: str, identity: AgentIdentity | None = None) -> None:
         """A new session (a different agent, or one that could not resume)."""
         old = self.tunnel
         self._cancel_expiry()
@@ -119,26 +121,28 @@ class Service:
             self._retire(old)
             asyncio.get_running_loop().create_task(old.close(CLOSE_REPLACED, "replaced by a newer agent connection"))
         self.tunnel = tunnel
-        self._connected(address, version)
-        log.info("service %s: agent connected from %s (%s)", self.service_id, address, version or "unknown version",
+        self._connected(address, version, identity)
+        log.info("service %s: agent connected from %s (%s)%s", self.service_id, address, version or "unknown version",
+                 f", certificate {identity}" if identity else "",
                  extra=fields(self.service_id, peer=address, agent_version=version))
         self._give_waiting_users(tunnel)
 
-    def resume(self, tunnel: Tunnel, address: str, version: str) -> None:
+    def resume(self, tunnel: Tunnel, address: str, version: str, identity: AgentIdentity | None = None) -> None:
         """The agent of ``tunnel`` came back on a new WebSocket (from ``address``): its session carries on."""
         self._cancel_expiry()
         old_link = tunnel.take_over()
         if old_link is not None:  # the agent saw its link die before we did
             asyncio.get_running_loop().create_task(old_link.close(CLOSE_REPLACED, "the agent resumed on a new connection"))
-        self._connected(address, version)
+        self._connected(address, version, identity)
         log.info("service %s: agent resumed its session from %s (%s); %d streams kept", self.service_id, address,
                  version or "unknown version", tunnel.stream_count,
                  extra=fields(self.service_id, peer=address, agent_version=version, reason="resumed"))
         self._give_waiting_users(tunnel)
 
-    def _connected(self, address: str, version: str) -> None:
+    def _connected(self, address: str, version: str, identity: AgentIdentity | None) -> None:
         self.agent_address = address
         self.agent_version = version
+        self.agent_identity = identity
         self.connected_since = iso_utc(time.time())
         self.connected_at = time.monotonic()
         self.agent_connects += 1
@@ -199,6 +203,21 @@ class Service:
         if self.tunnel is not None:
             await self.tunnel.close(CLOSE_GOING_AWAY, reason)
 
+    async def cut_off(self, why: str) -> None:
+        """The agent may no longer attach (revoked, rebound): end its session; users and listener stay."""
+        tunnel = self.tunnel
+        if tunnel is None or tunnel.closed:
+            return
+        log.warning("service %s: cutting off the agent from %s: %s; %d streams reset", self.service_id,
+                    self.agent_address, why, tunnel.stream_count,
+                    extra=fields(self.service_id, peer=self.agent_address, reason="cut off", close_code=CLOSE_POLICY))
+        self._cancel_expiry()
+        attached = tunnel.attached
+        await tunnel.close(CLOSE_POLICY, why[:120])
+        if not attached:  # no link whose end would retire it
+            self._retire(tunnel)
+            self.tunnel = None
+
     def _retire(self, tunnel: Tunnel) -> None:
         session = tunnel.session
         self._bytes_to_service += session.bytes_sent
@@ -213,6 +232,7 @@ class Service:
         live = self.agent_attached
         detached = self.detached
         session = tunnel.session if tunnel is not None else None
+        identity = self.agent_identity if tunnel is not None else None
         return {
             "nickname": self.config.nickname,
             "forward_at": str(self.config.listen),
@@ -222,6 +242,8 @@ class Service:
             "connected": live,
             "agent_address": self.agent_address or None,
             "agent_version": self.agent_version or None,
+            "agent_identity": ", ".join(identity.names) or None if identity else None,
+            "agent_certificate_serial": f"{identity.serial:X}" if identity and identity.serial is not None else None,
             "bytes_to_service": self._bytes_to_service + (session.bytes_sent if session else 0),
             "bytes_from_service": self._bytes_from_service + (session.bytes_received if session else 0),
             "streams_opened_total": self._streams_opened + (session.streams_opened if session else 0),

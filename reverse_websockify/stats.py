@@ -16,7 +16,7 @@ from .reasons import StreamFailure
 
 class ServiceStats:
     __slots__ = ("failures", "latency", "sessions_resumed", "sessions_expired", "streams_resumed",
-                 "bytes_retransmitted")
+                 "bytes_retransmitted", "refusals")
 
     def __init__(self) -> None:
         self.failures: collections.Counter[StreamFailure] = collections.Counter()
@@ -25,6 +25,7 @@ class ServiceStats:
         self.sessions_expired = 0  # detached sessions given up: resume_seconds passed
         self.streams_resumed = 0  # streams carried across a lost link
         self.bytes_retransmitted = 0
+        self.refusals: collections.Counter[str] = collections.Counter()  # agents refused at attach, by reason
 
     def failed(self, reason: StreamFailure) -> None:
         self.failures[reason] += 1

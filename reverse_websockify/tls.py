@@ -71,15 +71,24 @@ def agent_tls(tls: AgentTls, url_host: str) -> AgentTlsSetup:
     return AgentTlsSetup(context, server_hostname, check_name)
 
 
-def server_context(tls: Any, where: str) -> ssl.SSLContext:
-    """TLS for the server itself (config [tls]); requires client certificates when client_ca is set."""
+def server_context(tls: Any, where: str | Path, crl: Path | None = None) -> ssl.SSLContext:
+    """TLS for the server itself (config [tls]); requires client certificates when client_ca is set.
+
+    With a ``crl`` (config client_crl) a revoked client certificate fails the
+    handshake, as behind nginx's ``ssl_crl``; the server checks it again at
+    attach in any case (authentication.py).
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load("load the certificate and key", where + ".cert/key", tls.cert, lambda: context.load_cert_chain(tls.cert, tls.key))
+    _load("load the certificate and key", f"{where}: tls.cert/key", tls.cert, lambda: context.load_cert_chain(tls.cert, tls.key))
     if tls.client_ca is not None:
-        _load("read the client CA", where + ".client_ca", tls.client_ca,
+        _load("read the client CA", f"{where}: tls.client_ca", tls.client_ca,
               lambda: context.load_verify_locations(cafile=str(tls.client_ca)))
         context.verify_mode = ssl.CERT_REQUIRED
+        if crl is not None:
+            _load("read the CRL", f"{where}: client_crl", crl,
+                  lambda: context.load_verify_locations(cafile=str(crl)))
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
 

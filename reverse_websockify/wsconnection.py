@@ -120,6 +120,7 @@ class DirectDelivery:
 
 class DirectServerConnection(DirectDelivery, ServerConnection):
     admission: Any = None  # what the server decided while routing the handshake (e.g. the session to resume)
+    identity: Any = None  # the AgentIdentity its client certificate carries, if any
 
 
 class DirectClientConnection(DirectDelivery, ClientConnection):

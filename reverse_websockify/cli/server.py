@@ -75,9 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     if args.check_config:
-        print(f"{path}: OK, {len(config.services)} services")
+        from ..revocation import RevocationListError, load_revocation_list
+
+        try:
+            revoked = load_revocation_list(config.client_crl, f"{path}: client_crl")
+        except RevocationListError as exc:
+            fail(str(exc))
+        crl = f", client_crl with {len(revoked)} revoked certificates" if config.client_crl else ""
+        print(f"{path}: OK, {len(config.services)} services{crl}")
         return
     configure_logging(args.log_level, args.log_format)
+    from ..revocation import RevocationListError
     from ..server import RendezvousServer, StartupError
     from ..tls import TlsSetupError
 
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         run_event_loop(serve, args.event_loop)
-    except (StartupError, TlsSetupError) as exc:
+    except (StartupError, TlsSetupError, RevocationListError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:  # pragma: no cover
         pass

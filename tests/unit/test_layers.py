@@ -32,6 +32,10 @@ RANKS: dict[str, int] = {
     "config": 2,
     "tls": 3,
     "wsconnection": 2,  # websockets' internals
+    # who may attach: pure rules on certificates, tokens and the CRL
+    "identity": 1,
+    "revocation": 2,
+    "authentication": 3,
     # the pure session layer
     "flow": 2,
     "stream_state": 3,
