@@ -54,6 +54,12 @@ class ServiceCollector(Collector):
                                             "Payload bytes sent again after a lost link", labels=["service"])
         detached = GaugeMetricFamily(f"{PREFIX}_session_detached",
                                      "1 while the agent's session waits for it to resume", labels=["service"])
+        refusals = CounterMetricFamily(f"{PREFIX}_agent_refusals",
+                                       "Agents refused at attach (token, certificate binding, revoked), by reason",
+                                       labels=["service", "reason"])
+        identity = GaugeMetricFamily(f"{PREFIX}_agent_identity_info",
+                                     "The certificate names the service's agent presented (1 while it has a session)",
+                                     labels=["service", "identity"])
         latency = HistogramMetricFamily(f"{PREFIX}_stream_open_seconds",
                                         "From a user's accept to the agent's connect to the local service",
                                         labels=["service"])
@@ -76,8 +82,12 @@ class ServiceCollector(Collector):
             retransmitted.add_metric([sid], stats.bytes_retransmitted)
             detached.add_metric([sid], 1 if service.detached is not None else 0)
             latency.add_metric([sid], stats.latency.cumulative(), sum_value=stats.latency.total)
+            for reason, count in stats.refusals.items():
+                refusals.add_metric([sid, reason], count)
+            if snap["agent_identity"]:
+                identity.add_metric([sid, snap["agent_identity"]], 1)
         yield from (relayed, opened, failed, connects, disconnects, online, active, resumed, expired, carried,
-                    retransmitted, detached, latency)
+                    retransmitted, detached, refusals, identity, latency)
 
 
 def render_metrics(services: Iterable[Service]) -> tuple[bytes, str]:
