@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -77,8 +76,7 @@ class RestartableNginx:
 
     def command(self, *args: str) -> None:
         """``nginx -p ... -c ... <args>``, e.g. ``-s stop``, ``-s reload``."""
-        done = subprocess.run(self.nginx.args + list(args), capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, f"nginx {' '.join(args)}: {done.stdout}{done.stderr}"
+        self.nginx.command(*args)
 
     def stop_fast(self) -> None:
         """``nginx -s stop``: SIGTERM to the master, a fast shutdown: workers exit, dropping every connection."""

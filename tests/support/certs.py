@@ -24,8 +24,19 @@ def make_server_cert(directory: Path, cn: str) -> Path:
     return directory
 
 
-def make_client_cert(directory: Path, ca_dir: Path) -> Path:
-    """The seed's client-certificate commands, through packaging/agent/make-client-cert.sh."""
+def make_client_cert(directory: Path, ca_dir: Path, name: str | None = None) -> Path:
+    """The seed's client-certificate commands, through packaging/agent/make-client-cert.sh.
+
+    With ``name`` (a service ID or agent name) the certificate carries it as CN and DNS name, for
+    ``agent_identity = "<name>"``; without, CN=client as in the original README.
+    """
     _run(["bash", str(PACKAGING / "agent" / "make-client-cert.sh"), "--ca-cert", str(ca_dir / "server.cert.pem"),
-         "--ca-key", str(ca_dir / "server.key.pem"), "--out", str(directory)])
+         "--ca-key", str(ca_dir / "server.key.pem"), "--out", str(directory), *([name] if name else [])])
     return directory
+
+
+def revoke_client_cert(ca_dir: Path, cert: Path) -> Path:
+    """packaging/rendezvous/revoke-client-cert.sh: revoke ``cert``, rewrite ``ca_dir``/crl.pem; returns it."""
+    _run(["bash", str(PACKAGING / "rendezvous" / "revoke-client-cert.sh"), "--ca-cert", str(ca_dir / "server.cert.pem"),
+         "--ca-key", str(ca_dir / "server.key.pem"), str(cert)])
+    return ca_dir / "crl.pem"

@@ -33,6 +33,7 @@ class Deployment:
     server: Process | None = None
     agents: list[Process] = field(default_factory=list)
     client_ssl: ssl.SSLContext | None = None  # set when the server terminates TLS itself ([tls])
+    service_config: dict[str, str] = field(default_factory=dict)  # service ID -> more lines in its table
 
     @property
     def base_url(self) -> str:
@@ -45,7 +46,8 @@ class Deployment:
     def write_config(self) -> None:
         lines = [f'http_server_endpoint = "127.0.0.1:{self.http_port}"', self.extra_config]
         for sid, port in self.services.items():
-            lines += [f"[remote_service.{sid}]", f'nickname = "nick-{sid}"', f'local_listen_endpoint = "127.0.0.1:{port}"']
+            lines += [f"[remote_service.{sid}]", f'nickname = "nick-{sid}"', f'local_listen_endpoint = "127.0.0.1:{port}"',
+                      self.service_config.get(sid, "")]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start_server(self, *extra: str, timeout: float = 15.0, name: str = "server") -> Process:

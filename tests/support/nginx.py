@@ -61,6 +61,11 @@ http {{
         """nginx -t on this configuration."""
         return subprocess.run(self.args + ["-t"], capture_output=True, text=True, timeout=60)
 
+    def command(self, *args: str) -> None:
+        """``nginx -p ... -c ... <args>``, e.g. ``-s reload``; AssertionError with nginx's words if it fails."""
+        done = subprocess.run(self.args + list(args), capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"nginx {' '.join(args)}: {done.stdout}{done.stderr}"
+
     def _up(self) -> bool:
         if not self.process.alive():
             raise ProcessDied(f"nginx exited: {self.process.log()}{self.error_log()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import ssl
 import struct
 import time
 from typing import Any
@@ -21,27 +22,45 @@ async def fake_agent(url: str, **kwargs: Any) -> ClientConnection:
                          user_agent_header="reverse_websockify_agent/fake", **kwargs)
 
 
-def raw_handshake(port: int, path: str, *, timeout: float = 5.0) -> tuple[socket.socket, bytes]:
-    """Open a WebSocket by hand (so we can send frames websockets' client would refuse to send)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def _upgrade(port: int, path: str, headers: dict[str, str], timeout: float, source: str,
+             context: ssl.SSLContext | None = None) -> tuple[socket.socket, bytes, bytes]:
+    """Send a WebSocket upgrade by hand from ``source`` (over TLS with ``context``); (socket, head, bytes after it)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    if context is not None:
+        sock = context.wrap_socket(sock)
     key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     sock.sendall(
         (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
-            "User-Agent: reverse_websockify_agent/raw\r\n\r\n"
+            f"User-Agent: reverse_websockify_agent/raw\r\n{extra}\r\n"
         ).encode()
     )
     response = bytearray()
     while b"\r\n\r\n" not in response:
         chunk = sock.recv(4096)
         if not chunk:
-            raise AssertionError(f"handshake refused: {bytes(response)!r}")
+            raise AssertionError(f"no HTTP answer: {bytes(response)!r}")
         response.extend(chunk)
     head, _, rest = bytes(response).partition(b"\r\n\r\n")
+    return sock, head, rest
+
+
+def raw_handshake(port: int, path: str, *, timeout: float = 5.0) -> tuple[socket.socket, bytes]:
+    """Open a WebSocket by hand (so we can send frames websockets' client would refuse to send)."""
+    sock, head, rest = _upgrade(port, path, {}, timeout, "127.0.0.1")
     if not head.startswith(b"HTTP/1.1 101"):
         raise AssertionError(f"handshake refused: {head!r}")
     return sock, rest
+
+
+def handshake_status(port: int, path: str, headers: dict[str, str], *, source: str = "127.0.0.1",
+                     context: ssl.SSLContext | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """The answer to an agent's upgrade with ``headers``, sent from ``source``: (status, body start)."""
+    sock, head, rest = _upgrade(port, path, headers, timeout, source, context)
+    with sock:
+        return int(head.split(b" ", 2)[1]), rest
 
 
 def masked_frame_header(opcode: int, length: int, *, fin: bool = True) -> tuple[bytes, bytes]:
