@@ -63,7 +63,7 @@ def _state(s: Mapping[str, Any], now: datetime) -> tuple[str, str]:
 
 
 _COLUMNS = (
-    "Nickname", "Service ID", "Listening on", "State", "Agent address", "Agent version",
+    "Nickname", "Service ID", "Listening on", "State", "Agent address", "Agent certificate", "Agent version",
     "Active streams", "Streams total", "To service", "From service", "Last disconnect",
 )
 
@@ -84,6 +84,7 @@ def render_html(snapshot: Mapping[str, Mapping[str, Any]], *, refresh_seconds: i
             s.get("forward_at") or "",
             None,  # state, rendered below
             s.get("agent_address") or "",
+            s.get("agent_identity") or "",
             s.get("agent_version") or "",
             str(s.get("client_connection_count") or 0),
             str(s.get("streams_opened_total") or 0),

@@ -154,6 +154,13 @@ def test_a_certificate_opens_its_own_service_only(fleet: Fleet, echo: Service) -
     assert deployment.status()["bus02"]["agent_identity"] == "bus02"
     assert "services without agent_identity" not in fleet.server.log()  # both are bound: no warning
 
+    # A service added without a binding or token, while client certificates are in use: named at reload.
+    deployment.services["open"] = free_port()
+    deployment.write_config()
+    fleet.server.signal(signal.SIGHUP)
+    line = fleet.server.wait_line(lambda m: "services without agent_identity or token: open;" in m)
+    assert line["level"] == "WARNING"
+
 
 def test_identity_headers_only_from_a_trusted_proxy(fleet: Fleet, echo: Service) -> None:
     deployment = fleet.deployment
