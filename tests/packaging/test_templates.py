@@ -12,6 +12,7 @@ A test skips, naming the package, only when its tool is absent.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -37,12 +38,9 @@ from tests.support.programs import AGENT_NAME, SERVER_NAME, command
 from tests.support.services import Service
 from tests.support.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGING = ROOT / "packaging"
-RENDEZVOUS = PACKAGING / "rendezvous"
-AGENT_DIR = PACKAGING / "agent"
-SERVER_CERT_SCRIPT = RENDEZVOUS / "make-server-cert.sh"
-CLIENT_CERT_SCRIPT = AGENT_DIR / "make-client-cert.sh"
+from .tools import (AGENT_DIR, CLIENT_CERT_SCRIPT, PACKAGING, RENDEZVOUS, REVOKE_SCRIPT, SERVER_CERT_SCRIPT, cert_field,
+                    need, ok, run)
+
 AGENT_UNIT = AGENT_DIR / "reverse-websockify-agent@.service"
 SERVER_UNIT = PACKAGING / "server" / "reverse-websockify-server.service"
 ENV_EXAMPLE = AGENT_DIR / "agent.env.example"
@@ -52,31 +50,6 @@ NGINX_ERROR_PAGE = "<center>nginx</center>"  # nginx's own error pages; proxied 
 
 # systemd-analyze security --threshold counts in tenths (1.5 -> 15; "1.5" is rejected). Achieved: 1.1.
 SECURITY_THRESHOLD = 15
-
-APT = {"nginx": "nginx", "docker-compose": "docker-compose", "shellcheck": "shellcheck",
-       "systemd-analyze": "systemd", "systemd-sysusers": "systemd", "openssl": "openssl"}
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} is not installed (apt-get install -y {APT[tool]})")
-    return path
-
-
-def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    kwargs.setdefault("timeout", 60)
-    return subprocess.run(args, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, \
-        f"{shlex.join(result.args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def cert_field(cert: Path, *args: str) -> str:
-    return ok(run([need("openssl"), "x509", "-in", str(cert), "-noout", *args])).stdout
 
 
 # -- certificates: the shipped scripts, run for real ------------------------------------------------
@@ -96,7 +69,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     tls, agent, rogue = base / "tls", base / "agent", base / "rogue"
     ok(run([str(SERVER_CERT_SCRIPT), "127.0.0.1", str(tls)], cwd=base))
     ok(run([str(CLIENT_CERT_SCRIPT), "--ca-cert", str(tls / "server.cert.pem"), "--ca-key", str(tls / "server.key.pem"),
-            "--out", str(agent), "--cn", "bus01"], cwd=base))
+            "--out", str(agent), "bus01"], cwd=base))
     ok(run([str(SERVER_CERT_SCRIPT), "127.0.0.1", str(rogue)], cwd=base))
     ok(run([str(CLIENT_CERT_SCRIPT), "--out", str(rogue)], cwd=rogue))
     return Pki(tls, agent, rogue)
@@ -133,6 +106,7 @@ def test_client_cert_chains_to_server_cert(pki: Pki) -> None:
     verify = ok(run(["openssl", "verify", "-CAfile", str(pki.tls / "server.cert.pem"), str(client)]))
     assert verify.stdout.strip() == f"{client}: OK"
     assert "CN=bus01" in cert_field(client, "-subject", "-nameopt", "RFC2253")
+    assert "DNS:bus01" in cert_field(client, "-ext", "subjectAltName")
     assert "TLS Web Client Authentication" in cert_field(client, "-ext", "extendedKeyUsage")
     assert "Public-Key: (4096 bit)" in cert_field(client, "-text")
     assert stat.S_IMODE((pki.agent / "client.key.pem").stat().st_mode) == 0o600
@@ -153,12 +127,12 @@ def test_client_cert_script_seed_layout(tmp_path: Path) -> None:
     assert "CN=client" in cert_field(tmp_path / "client.cert.pem", "-subject", "-nameopt", "RFC2253")
     ok(run(["openssl", "verify", "-CAfile", "server.cert.pem", "client.cert.pem"], cwd=tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "client.cert.pem", "client.key.pem", "server.cert.pem", "server.cert.srl", "server.key.pem"]
+        "ca", "client.cert.pem", "client.key.pem", "crl.pem", "server.cert.pem", "server.cert.srl", "server.key.pem"]
     missing = run([str(CLIENT_CERT_SCRIPT), "--ca-cert", "nope.pem"], cwd=tmp_path)
     assert missing.returncode == 2 and "nope.pem" in missing.stderr
 
 
-@pytest.mark.parametrize("script", [SERVER_CERT_SCRIPT, CLIENT_CERT_SCRIPT], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [SERVER_CERT_SCRIPT, CLIENT_CERT_SCRIPT, REVOKE_SCRIPT], ids=lambda p: p.name)
 def test_shellcheck(script: Path) -> None:
     assert os.access(script, os.X_OK), f"{script} is not executable"
     assert script.read_text().startswith("#!/bin/bash\n")
@@ -176,40 +150,61 @@ def uncomment_optional_keys(text: str) -> str:
     return re.sub(r"^# (\w+ = [^#\n]*?)\s*(#.*)?$", r"\1", head, flags=re.M) + sep + tail
 
 
-def test_config_toml_loads() -> None:
-    result = ok(run(command(SERVER_NAME) + ["--check-config", str(RENDEZVOUS / "config.toml")]))
+def deployed_config(directory: Path, pki: Pki) -> Path:
+    """config.toml as deployed: next to the tls/ folder of make-server-cert.sh (client_crl = "tls/crl.pem")."""
+    shutil.copytree(pki.tls, directory / "tls")
+    shutil.copy(RENDEZVOUS / "config.toml", directory / "config.toml")
+    return directory / "config.toml"
+
+
+def test_config_toml_loads(tmp_path: Path, pki: Pki) -> None:
+    result = ok(run(command(SERVER_NAME) + ["--check-config", str(deployed_config(tmp_path, pki))]))
     assert "OK, 2 services" in result.stdout
+    # Without the CRL that make-server-cert.sh writes, the server says which key wants it.
+    missing = run(command(SERVER_NAME) + ["--check-config", str(RENDEZVOUS / "config.toml")])
+    assert missing.returncode == 2 and "client_crl" in missing.stdout + missing.stderr
 
 
 def test_config_toml_documents_real_keys_and_defaults(tmp_path: Path, pki: Pki) -> None:
     from reverse_websockify.config import load
 
     text = (RENDEZVOUS / "config.toml").read_text()
-    shipped = load(RENDEZVOUS / "config.toml")
+    shipped = load(deployed_config(tmp_path, pki))
     assert shipped.http.host == "127.0.0.1" and shipped.http.port == 39000
-    assert [(s.id, s.nickname, str(s.listen)) for s in shipped.services.values()] == [
-        ("LKLAFA155MA767657", "Bus01", "0.0.0.0:39034"), ("LKLAFA151NA774655", "Bus02", "0.0.0.0:39036")]
+    assert [(s.id, s.nickname, str(s.listen), s.agent_identity) for s in shipped.services.values()] == [
+        ("LKLAFA155MA767657", "Bus01", "0.0.0.0:39034", "bus01"),
+        ("LKLAFA151NA774655", "Bus02", "0.0.0.0:39036", "bus02")]
+    # Every example service is bound to an identity, and revocations are read from make-server-cert.sh's CRL.
+    assert shipped.client_crl == tmp_path / "tls" / "crl.pem"
     documented = set(re.findall(r"^# (\w+) = ", text, flags=re.M))
     assert documented >= {"agent_wait_seconds", "open_timeout_seconds", "ping_interval_seconds", "ping_timeout_seconds",
                           "handshake_timeout_seconds", "max_streams_per_agent", "trusted_proxies", "token",
-                          "cert", "key", "client_ca"}, documented
+                          "token_sha256", "cert", "key", "client_ca"}, documented
     # The values shown in the comments are the real defaults: switching them on changes nothing.
     optional = tmp_path / "optional.toml"
     optional.write_text(uncomment_optional_keys(text))
     assert optional.read_text().count("\n#") < text.count("\n#") - 6
     with_defaults = load(optional)
     for name in ("agent_wait", "open_timeout", "ping_interval", "ping_timeout", "handshake_timeout",
-                 "max_streams_per_agent", "trusted_proxies", "services", "http"):
+                 "max_streams_per_agent", "trusted_proxies", "services", "http", "client_crl"):
         assert getattr(with_defaults, name) == getattr(shipped, name), name
+    # The default trusted_proxies cover nginx's address in the compose file (host network, proxy_pass to
+    # 127.0.0.1): the X-Client-* headers it sets are believed.
+    assert "127.0.0.0/8" in shipped.trusted_proxies
     # The commented [tls] table and token load as written (paths relative to the file).
     full = tmp_path / "full.toml"
     full.write_text(re.sub(r"^# (\[tls\]|cert = |key = |client_ca = |token = )", r"\1", optional.read_text(),
                            flags=re.M))
-    shutil.copytree(pki.tls, tmp_path / "tls")
     loaded = load(full)
     assert loaded.tls is not None and loaded.tls.client_ca == tmp_path / "tls" / "server.cert.pem"
-    assert loaded.services["LKLAFA155MA767657"].token
+    token = loaded.services["LKLAFA155MA767657"].token
+    assert token
     ok(run(command(SERVER_NAME) + ["--check-config", str(full)]))
+    # ... and so does token_sha256 instead of token: the hash shown is the example token's.
+    hashed = tmp_path / "hashed.toml"
+    hashed.write_text(re.sub(r"^# (token_sha256 = )", r"\1", optional.read_text(), flags=re.M))
+    digest = load(hashed).services["LKLAFA155MA767657"].token_sha256
+    assert digest is not None and bytes(digest) == hashlib.sha256(token.encode()).digest()
 
 
 # -- nginx.conf ---------------------------------------------------------------------------------------
@@ -269,6 +264,8 @@ def test_nginx_conf_shape() -> None:
     assert directives(tls, "ssl_client_certificate") == [["/tls/server.cert.pem"]]
     assert directives(tls, "ssl_certificate") == [["/tls/server.cert.pem"]]
     assert directives(tls, "ssl_certificate_key") == [["/tls/server.key.pem"]]
+    # make-server-cert.sh's and revoke-client-cert.sh's CRL, in the same /tls/ mount (docker-compose.yaml).
+    assert directives(tls, "ssl_crl") == [["/tls/crl.pem"]]
     protocols = set(directives(tls, "ssl_protocols")[0])
     assert protocols and protocols <= {"TLSv1.2", "TLSv1.3"}
     assert directives(tls, "client_max_body_size") == [["0"]]
@@ -279,6 +276,9 @@ def test_nginx_conf_shape() -> None:
     assert directives(forward, "proxy_pass") == [["http://127.0.0.1:39000"]]
     headers = {args[0]: args[1] for args in directives(forward, "proxy_set_header")}
     assert headers["Upgrade"] == "$http_upgrade" and headers["X-Real-Ip"] == "$remote_addr"
+    # The verified certificate for agent_identity and client_crl (the names the server reads).
+    assert headers["X-Client-Verify"] == "$ssl_client_verify"
+    assert headers["X-Client-Cert"] == "$ssl_client_escaped_cert"
     assert headers["Connection"] in ("upgrade", "$connection_upgrade") and headers["Host"] == "$http_host"
     assert directives(forward, "proxy_http_version") == [["1.1"]]
     assert directives(forward, "proxy_buffering") == [["off"]]
@@ -309,7 +309,7 @@ def prepare_nginx(base: Path, pki: Pki, upstream_port: int) -> Nginx:
     text, n80 = re.subn(r"\blisten\s+80\s*;", f"listen 127.0.0.1:{http_port};", text)
     text, nup = re.subn(r"http://127\.0\.0\.1:39000\b", f"http://127.0.0.1:{upstream_port}", text)
     text, ntls = re.subn(r"(?<=\s)/tls/", f"{pki.tls}/", text)
-    assert (n443, n80, ntls) == (1, 1, 3) and nup >= 5, (n443, n80, ntls, nup)
+    assert (n443, n80, ntls) == (1, 1, 4) and nup >= 5, (n443, n80, ntls, nup)
     (base / "conf.d").mkdir()
     (base / "conf.d" / "default.conf").write_text(text)
     temp = "\n".join(f"    {kind}_temp_path {base}/{kind}_temp;"
@@ -416,7 +416,8 @@ def nginx_running(proc: subprocess.Popen, port: int, log: Path) -> bool:
 def stack(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Stack]:
     nginx_bin = need("nginx")
     base = tmp_path_factory.mktemp("stack")
-    # The shipped config.toml, on loopback ports, with its (commented) token switched on.
+    # The shipped config.toml, on loopback ports, with its (commented) token switched on; its Bus01 is
+    # bound to agent_identity "bus01", the name in pki.agent's certificate.
     upstream, bus01, bus02 = free_port(), free_port(), free_port()
     config = (RENDEZVOUS / "config.toml").read_text()
     config, n = re.subn(r'"127\.0\.0\.1:39000"', f'"127.0.0.1:{upstream}"', config)
@@ -426,6 +427,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Stack]
     config, n = re.subn(r'^# token = "[^"]*"', 'token = "s3cret-token"', config, flags=re.M)
     assert n == 1
     (base / "config.toml").write_text(config)
+    shutil.copytree(pki.tls, base / "tls")  # client_crl = "tls/crl.pem"
     server = Process(command(SERVER_NAME) + [str(base / "config.toml")], base / "server.log")
     echo = Service()
     (base / "nginx").mkdir()
