@@ -460,3 +460,23 @@ def test_nginx_refuses_a_revoked_certificate_after_reload(front: Front) -> None:
         assert status == 400 and not resumed, (version, status, body)
     assert front.get(front.context("bus02"))[0] == 200
     assert "certificate revoked" in front.nginx.error_log()
+
+
+def test_nginx_refuses_everyone_once_the_crl_has_expired(front: Front) -> None:
+    """The nextUpdate caveat of docs/agent-identity.md, with the real nginx; --refresh is the cure."""
+    tls = front.fleet.tls
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stamp = "%Y%m%d%H%M%SZ"
+    # The CA's own CRL, as revoke-client-cert.sh makes it, but with a nextUpdate of yesterday.
+    ok(run(["openssl", "ca", "-batch", "-config", "openssl.cnf", "-cert", "../server.cert.pem", "-keyfile",
+            "../server.key.pem", "-gencrl", "-crl_lastupdate", (now - datetime.timedelta(days=2)).strftime(stamp),
+            "-crl_nextupdate", (now - datetime.timedelta(days=1)).strftime(stamp), "-out", "../crl.pem"],
+           cwd=tls / "ca"))
+    front.reload()
+    status, body, _, _ = front.get(front.context("bus02"))
+    assert status == 400 and "The SSL certificate error" in body, (status, body)
+    assert "CRL has expired" in front.nginx.error_log()
+
+    ok(revoke(front.fleet.deploy, "--refresh"))
+    front.reload()
+    assert front.get(front.context("bus02"))[0] == 200
