@@ -179,7 +179,7 @@ def test_token_refused_with_401(tmp_path: Path, deployment: Deployment, echo: Se
     extra = [] if how == "missing" else ["--token=not-it"]
     agent = deployment.start_agent("BUS1", echo.port, *extra, wait=False)
     agent.wait_log("HTTP 401")
-    server.wait_log(f"{how} token (401)")
+    server.wait_log(f"refused (401): {how} token")
     _no_relay(deployment)
     assert "s3cret-token" not in server.log() and "s3cret-token" not in json.dumps(deployment.status())
 
