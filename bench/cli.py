@@ -15,23 +15,47 @@ from typing import Any
 
 from bench import processes
 from bench.errors import BenchError, Fatal, TimeLimit
+from bench.far import far_link
+from bench.fixtures import postgres_bin
 from bench.header import header
 from bench.progress import progress
 from bench.scenarios import Bench
-from bench.settings import parse_args
+from bench.settings import Settings, parse_args
+from bench.workloads import workloads
 from tests.support.processes import ProcessDied
 from tests.support.programs import AGENT_NAME, SERVER_NAME
 from tests.support.waiting import WaitTimeout
 
 TOOLS = ("iperf3", "wrk", "ab", "nginx", "curl")
+# What the newer groups need besides TOOLS: (group, tools, what to install).
+GROUP_TOOLS = (
+    ("wss", ("openssl",), "apt-get install openssl"),
+    ("workloads", ("redis-server", "redis-benchmark", "pgbench", "initdb", "postgres", "pg_isready"),
+     "apt-get install redis-server redis-tools postgresql"),
+)
+
+
+def missing_tools(settings: Settings) -> list[str]:
+    """The tools the selected groups need that are not installed, each with how to install it."""
+    def found(tool: str) -> bool:
+        if tool in ("initdb", "postgres", "pg_isready"):
+            return postgres_bin(tool) is not None
+        return shutil.which(tool) is not None or Path("/usr/sbin", tool).exists()
+
+    missing = [f"{t} (apt-get install iperf3 wrk apache2-utils nginx-light curl)" for t in TOOLS if not found(t)]
+    for group, tools, install in GROUP_TOOLS:
+        if group in settings.only:
+            missing += [f"{t} ({install}; or leave group {group} out with --only)" for t in tools if not found(t)]
+    if settings.profile and not found("py-spy"):
+        missing.append("py-spy (pip install py-spy; or run without --profile)")
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_args(argv)
-    missing = [t for t in TOOLS if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
+    missing = missing_tools(settings)
     if missing:
-        print(f"bench/run.py: error: missing tools: {', '.join(missing)} "
-              "(apt-get install iperf3 wrk apache2-utils nginx-light curl)", file=sys.stderr)
+        print(f"bench/run.py: error: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     if settings.binaries:
         for name in (SERVER_NAME, AGENT_NAME):
@@ -70,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         results.header = header(settings)
         progress(f"reverse_websockify benchmark: {results.header['program_version']}; tmp {tmp}")
         bench.throughput()
+        far_link(bench)
+        workloads(bench)
         bench.idle_streams()
         bench.many_agents()
     except (Fatal, TimeLimit, WaitTimeout, ProcessDied) as exc:

@@ -1,18 +1,27 @@
-"""What the benchmark measures against: nginx with two files, the rendezvous, a stalled download."""
+"""What the benchmark measures against: nginx with two files, the rendezvous, a stalled download, the
+reference deployment's wss front (nginx with client certificates), the link emulator, redis and PostgreSQL."""
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bench.errors import BenchError
 from bench.processes import exited_early, register, start_process
 from bench.settings import Settings
+from bench.tools import run_tool
+from tests.support import probes
+from tests.support.certs import agent_tls_flags, make_client_cert, make_server_cert
 from tests.support.deployment import Deployment
-from tests.support.nginx import Nginx
-from tests.support.ports import free_ports
+from tests.support.nginx import Nginx, ShippedNginx
+from tests.support.ports import free_ports, listening
 from tests.support.processes import Process
 from tests.support.waiting import WaitTimeout, wait_for
 
@@ -81,9 +90,11 @@ class Rendezvous(Deployment):
         assert self.server is not None
         return self.server
 
-    def start_agent_for(self, sid: str) -> Process:
-        """The agent for ``sid``; not waited for (the scenarios wait for many at once)."""
-        agent = register(self.start_agent(sid, self.targets[sid], wait=False, name=f"{self.name} agent {sid}"))
+    def start_agent_for(self, sid: str, *extra: str, url: str | None = None) -> Process:
+        """The agent for ``sid`` (options ``extra``, dialing ``url`` instead of the server's ws:// one);
+        not waited for (the scenarios wait for many at once)."""
+        agent = register(self.start_agent(sid, self.targets[sid], *extra, url=url, wait=False,
+                                          name=f"{self.name} agent {sid}"))
         self.agent_of[sid] = agent
         return agent
 
@@ -131,3 +142,103 @@ class StalledDownload:
             self.file.unlink()
         except OSError:
             pass
+
+
+class WssFront:
+    """The reference deployment's front: certificates made by the shipped scripts, the shipped nginx.conf
+    (TLS, client certificates) proxying to the server at ``upstream``; agents dial :meth:`url`."""
+
+    def __init__(self, tmp: Path, upstream: int) -> None:
+        directory = tmp / "wss"
+        self.tls = make_server_cert(directory / "tls", "127.0.0.1")
+        self.agent_dir = make_client_cert(directory / "agent", self.tls)
+        self.nginx = ShippedNginx(directory, self.tls, upstream)
+        register(self.nginx.process)
+
+    def url(self, sid: str) -> str:
+        return f"wss://127.0.0.1:{self.nginx.https_port}/forward_to_me/{sid}"
+
+    def agent_options(self) -> list[str]:
+        return agent_tls_flags(self.agent_dir)
+
+    def stop(self) -> None:
+        self.nginx.stop()
+
+
+LINKEMU = Path(__file__).resolve().parent / "linkemu.py"
+
+
+class LinkEmulator:
+    """bench/linkemu.py in its own process: 127.0.0.1:``port`` → 127.0.0.1:``upstream`` with delay and rate."""
+
+    def __init__(self, tmp: Path, upstream: int, rate_mbit: float, rtt_ms: float) -> None:
+        (self.port,) = free_ports(1)
+        self.rate_mbit, self.rtt_ms = rate_mbit, rtt_ms
+        self.process = start_process(
+            f"link emulator {rate_mbit:g} Mbit/s {rtt_ms:g} ms → {upstream}",
+            [sys.executable, str(LINKEMU), "--listen", str(self.port), "--upstream", str(upstream),
+             "--rate-mbit", str(rate_mbit), "--rtt-ms", str(rtt_ms)],
+            tmp / f"linkemu-{self.port}.log")
+        wait_for(lambda: listening(self.port) or exited_early(self.process), 10, "the link emulator to listen")
+
+    def cpu_seconds(self) -> float:
+        return probes.cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.stop(5)
+
+
+class RedisServer:
+    """redis-server on a free loopback port, no persistence."""
+
+    def __init__(self, tmp: Path) -> None:
+        (self.port,) = free_ports(1)
+        self.process = start_process("redis-server", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                                      "--save", "", "--appendonly", "no", "--daemonize", "no",
+                                                      "--dir", str(tmp)], tmp / "redis-server.log")
+        wait_for(lambda: listening(self.port) or exited_early(self.process), 10, "redis-server to listen")
+
+    def stop(self) -> None:
+        self.process.stop(5)
+
+
+def postgres_bin(name: str) -> str | None:
+    """A PostgreSQL server program (initdb, postgres, pg_isready): Debian keeps them in /usr/lib/postgresql/<ver>/bin."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[4]))
+    return found[-1] if found else shutil.which(name)
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster: initdb in ``tmp``, fsync off, on a free loopback port, with the
+    pgbench tables at scale 1. PostgreSQL refuses to run as root: as root it runs as the user postgres."""
+
+    def __init__(self, tmp: Path) -> None:
+        directory = tmp / "postgres"
+        directory.mkdir()
+        as_user: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise BenchError("PostgreSQL does not run as root and there is no user 'postgres' "
+                                 "(apt-get install postgresql makes it)") from None
+            tmp.chmod(0o755)
+            os.chown(directory, user.pw_uid, user.pw_gid)
+            as_user = ["runuser", "-u", "postgres", "--"]
+        data = directory / "data"
+        run_tool(as_user + [str(postgres_bin("initdb")), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync",
+                            "-E", "UTF8", "--locale=C"], 120, "initdb")
+        (self.port,) = free_ports(1)
+        # runuser passes SIGTERM on: postgres then shuts down (smart mode; the clients are gone by then)
+        self.process = start_process("postgres", as_user + [
+            str(postgres_bin("postgres")), "-D", str(data), "-p", str(self.port), "-k", str(directory),
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off", "-c", "max_connections=100"], directory / "postgres.log")
+        wait_for(lambda: exited_early(self.process) or subprocess.run(
+            [str(postgres_bin("pg_isready")), "-q", "-h", "127.0.0.1", "-p", str(self.port)], timeout=10).returncode == 0,
+            30, "postgres to accept connections")
+        run_tool(["pgbench", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-i", "-s", "1", "-q",
+                  "postgres"], 120, "pgbench -i")
+
+    def stop(self) -> None:
+        self.process.stop(10)

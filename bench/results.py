@@ -52,6 +52,8 @@ class Results:
         self.settings = settings
         self.rows: dict[str, Row] = {}
         self.memory: dict[str, Any] = {}
+        self.link: dict[str, Any] = {}  # the far link emulator's validation (group far)
+        self.profile: dict[str, Any] = {}  # where the wss agent's CPU goes (--profile)
         self.failures: list[str] = []
         self.notes: list[str] = []
         self.log_problems: list[str] = []
@@ -80,6 +82,8 @@ class Results:
                 } for r in self.rows.values()
             },
             "memory": self.memory,
+            "link_emulator": self.link,
+            "profile": self.profile,
             "failures": self.failures,
             "notes": self.notes,
             "log_problems": self.log_problems,
@@ -100,8 +104,8 @@ class Results:
             f"- tools: {h.get('tools')}",
             f"- {self.settings.repeat} repetition(s){' (--quick)' if self.settings.quick else ''}; "
             f"iperf3 -t {self.settings.bulk_seconds}, wrk -t2 -d{self.settings.wrk_seconds}s, "
-            f"ab -n {self.settings.ab_requests}; median (min–max); tunnel/direct is the median of the "
-            f"per-repetition ratios; run took {h.get('duration_s', '?')} s",
+            f"ab -n {self.settings.ab_requests}{self._more_settings()}; median (min–max); tunnel/direct is the "
+            f"median of the per-repetition ratios; run took {h.get('duration_s', '?')} s",
             "",
         ]
         if self.rows:
@@ -115,6 +119,24 @@ class Results:
             out += ["| memory | value |", "|---|---:|"]
             for label, value in memory_lines(self.memory):
                 out.append(f"| {label} | {value} |")
+            out.append("")
+        if self.link:
+            out += ["| far link emulator (bench/linkemu.py) | configured | measured |", "|---|---:|---:|"]
+            out += [f"| {label} | {configured} | {measured} |" for label, configured, measured in link_lines(self.link)]
+            out.append("")
+        if self.profile:
+            ways = list(self.profile)
+            out += [f"| where the agent's CPU goes on the wss path (py-spy, innermost frame) | {' | '.join(ways)} |",
+                    "|---|" + "---:|" * len(ways)]
+            parts = list(self.profile[ways[0]]["shares"])
+            out += [f"| {part} | " + " | ".join(f"{self.profile[w]['shares'][part] * 100:.0f} %" for w in ways) + " |"
+                    for part in parts]
+            out.append("| busy samples (200 per second, not counting epoll waits) | " + " | ".join(
+                str(self.profile[w]["samples"]) for w in ways) + " |")
+            out.append("| iperf3 1 stream while profiled, Gbit/s | " + " | ".join(
+                "–" if self.profile[w]["gbit"] is None else f"{self.profile[w]['gbit']:.2f}" for w in ways) + " |")
+            out.append("| CPU during that run, cores: agent / nginx / server | " + " | ".join(
+                " / ".join(f"{c:.2f}" for c in self.profile[w]["cores"].values()) for w in ways) + " |")
             out.append("")
         for note in self.notes:
             out.append(f"- note: {note}")
@@ -135,6 +157,15 @@ class Results:
             out += self.log_problems[:10]
             out.append("```")
         return "\n".join(out) + "\n"
+
+
+    def _more_settings(self) -> str:
+        s, more = self.settings, ""
+        if "far" in s.only:
+            more += f", far link iperf3 -t {s.far_seconds}"
+        if "workloads" in s.only:
+            more += f", redis-benchmark -n {s.redis_requests}, pgbench -T {s.pgbench_seconds}"
+        return more
 
 
 def _med(values: list[float | None]) -> float | None:
@@ -174,4 +205,22 @@ def memory_lines(m: dict[str, Any]) -> list[tuple[str, str]]:
             ("agent process PSS, shared pages split (median)", mib(ag["agent_pss_kib_median"])),
             ("time for all agents to attach", f"{ag['attach_seconds']:.1f} s"),
         ]
+    return lines
+
+
+def link_lines(link: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The emulator's validation: (what, configured, measured) per RTT, then its own ceiling."""
+    lines = []
+    for rtt, v in link.get("rtts", {}).items():
+        lines += [
+            (f"RTT {rtt} ms: round trip of a 64-byte ping-pong (median of {v['pings']})",
+             f"{rtt} ms", f"{v['rtt_ms']:.1f} ms"),
+            (f"RTT {rtt} ms: direct iperf3 1 stream through it, median of both directions",
+             f"{v['rate_mbit']:g} Mbit/s", f"{v['direct_mbit']:.1f} Mbit/s ({v['direct_mbit'] / v['rate_mbit'] * 100:.0f} %)"),
+            (f"RTT {rtt} ms: the emulator's CPU while it carried that", "–", f"{v['emulator_cores']:.2f} cores"),
+        ]
+    ceiling = link.get("ceiling")
+    if ceiling:
+        lines.append(("its own ceiling: no delay, no rate limit, iperf3 1 stream through it",
+                      "–", f"{ceiling['gbit']:.2f} Gbit/s at {ceiling['emulator_cores']:.2f} cores"))
     return lines

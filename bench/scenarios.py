@@ -1,4 +1,5 @@
-"""What is measured: throughput (bulk, requests, connections, stall), idle streams, idle agents.
+"""What is measured: throughput (bulk and the same through wss, requests, connections, stall), idle streams,
+idle agents. The far link and the real workloads are bench/far.py and bench/workloads.py.
 
 Every figure through the tunnel is measured right after the same figure directly against the
 service, within the same repetition (see bench/README.md, "The figures").
@@ -9,22 +10,32 @@ from __future__ import annotations
 import selectors
 import socket
 import statistics
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 from bench.errors import BenchError, Fatal
-from bench.fixtures import SMALL_SIZE, Rendezvous, StalledDownload, StaticFilesNginx
+from bench.fixtures import SMALL_SIZE, Rendezvous, StalledDownload, StaticFilesNginx, WssFront
 from bench.logscan import log_problems
+from bench.processes import start_process
 from bench.progress import progress
 from bench.results import Results, mib
 from bench.settings import Settings
-from bench.tools import ab, iperf3, wrk
+from bench.tools import UnparsableOutput, ab, iperf3, parse_pyspy_raw, wrk
+from tests.support import probes
 from tests.support.ports import free_ports
 from tests.support.processes import Process
 from tests.support.services import Service
 from tests.support.waiting import WaitTimeout, wait_for
+
+
+WSS = "iperf3-wss"  # the service whose agent dials through the wss front (group wss)
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    return sum(probes.cpu_seconds(p) for p in probes.tree_pids(pid))
 
 
 class Bench:
@@ -84,18 +95,26 @@ class Bench:
         if value is not None and value <= 0:
             self.results.fail(f"{what}: zero through the tunnel")
 
-    # throughput: one deployment, two services (iperf3, nginx), one agent each
+    # throughput: one deployment, two services (iperf3, nginx), one agent each; with group wss a third
+    # service, iperf3 again, whose agent dials wss:// through the shipped nginx with a client certificate
     def throughput(self) -> None:
         s = self.s
-        groups = s.only & {"bulk", "requests", "connections", "stall"}
+        groups = s.only & {"bulk", "requests", "connections", "stall", "wss"}
         if not groups:
             return
         nginx = StaticFilesNginx(self.tmp)
         (iperf_port,) = free_ports(1)
-        rv = Rendezvous(s, self.tmp, "main", {"iperf3": iperf_port, "nginx": nginx.port})
+        targets = {"iperf3": iperf_port, "nginx": nginx.port}
+        if "wss" in groups:
+            targets[WSS] = iperf_port
+        rv = Rendezvous(s, self.tmp, "main", targets)
         self.logs += [rv.server_process]
+        front = WssFront(self.tmp, rv.http_port) if "wss" in groups else None
         for sid in rv.targets:
-            self.logs.append(rv.start_agent_for(sid))
+            if sid == WSS and front is not None:
+                self.logs.append(rv.start_agent_for(sid, *front.agent_options(), url=front.url(sid)))
+            else:
+                self.logs.append(rv.start_agent_for(sid))
         rv.wait_attached(list(rv.targets), 30)
         web = rv.services["nginx"]
         # smoke: the tunnel carries the small file unchanged
@@ -111,19 +130,26 @@ class Bench:
         r = self.results
         for rep in range(1, s.repeat + 1):
             progress(f"repetition {rep}/{s.repeat}")
-            if "bulk" in groups:
+            if groups & {"bulk", "wss"}:
                 for reverse, parallel in ((False, 1), (True, 1), (False, 8), (True, 8)):
                     way = "service → user (-R)" if reverse else "user → service"
                     key = f"iperf3_{'down' if reverse else 'up'}_P{parallel}"
-                    row = r.row(key, f"iperf3 {parallel} stream{'s' if parallel > 1 else ''}, {way}", "Gbit/s")
-                    for target, port in (("direct", iperf_port), ("tunnel", rv.services["iperf3"])):
-                        v = self.measure(f"{row.label} {target}",
-                                         lambda port=port: iperf3(iperf_port, port, s.bulk_seconds, reverse, parallel, self.tmp),
-                                         rv)
-                        getattr(row, target).append(v)
-                        progress(f"  {row.label} {target}: {v if v is None else round(v, 2)} Gbit/s")
+                    label = f"iperf3 {parallel} stream{'s' if parallel > 1 else ''}, {way}"
+                    # direct, then through ws, then (group wss) through wss: both tunnel rows share the direct figure
+                    paths = [(r.row(key, label, "Gbit/s"), "iperf3", "tunnel")]
+                    if "wss" in groups:
+                        paths.append((r.row(f"wss_{key}", f"{label}, wss via nginx", "Gbit/s"), WSS, "tunnel (wss)"))
+                    run = lambda port, reverse=reverse, parallel=parallel: iperf3(  # noqa: E731
+                        iperf_port, port, s.bulk_seconds, reverse, parallel, self.tmp)
+                    direct = self.measure(f"{label} direct", lambda: run(iperf_port), rv)
+                    progress(f"  {label} direct: {direct if direct is None else round(direct, 2)} Gbit/s")
+                    for row, sid, target in paths:
+                        row.direct.append(direct)
+                        v = self.measure(f"{label} {target}", lambda sid=sid: run(rv.services[sid]), rv)
+                        row.tunnel.append(v)
+                        progress(f"  {label} {target}: {v if v is None else round(v, 2)} Gbit/s")
                         rv.check_alive()
-                    self.tunnel_zero(row.label, row.tunnel[-1])
+                        self.tunnel_zero(row.label, v)
             if "requests" in groups or "stall" in groups:
                 for c in (16, 64) if "requests" in groups else (64,):
                     self._wrk_rows(rv, nginx.port, web, c, f"wrk -c{c}", f"wrk_c{c}")
@@ -154,8 +180,43 @@ class Bench:
         # peak RSS of the programs over all of the above
         self.results.memory["peak"] = {"server": rv.server_process.tree_kib("VmHWM"),
                                        **{f"agent ({sid})": a.tree_kib("VmHWM") for sid, a in rv.agent_of.items()}}
+        if s.profile and front is not None:
+            self._profile_agent(rv, iperf_port, front)
         rv.stop()
         nginx.stop()
+        if front is not None:
+            front.stop()
+
+    def _profile_agent(self, rv: Rendezvous, iperf_port: int, front: WssFront) -> None:
+        """py-spy samples the wss agent while one iperf3 stream runs through it, each way: where its CPU goes;
+        and the CPU time of agent, nginx and server during that run."""
+        agent = rv.agent_of[WSS]
+        pids = {"agent": agent.pid, "nginx": front.nginx.process.pid, "server": rv.server_process.pid}
+        seconds = self.s.bulk_seconds
+        for reverse in (False, True):
+            way = "service → user" if reverse else "user → service"
+            raw = self.tmp / f"py-spy-{'down' if reverse else 'up'}.txt"
+            spy = start_process("py-spy", ["py-spy", "record", "--pid", str(agent.pid), "--subprocesses", "--native",
+                                           "--rate", "200", "--duration", str(seconds), "--format", "raw",
+                                           "--output", str(raw)], self.tmp / "py-spy.log")
+            progress(f"  profiling the wss agent, {way}, {seconds} s")
+            time.sleep(0.5)  # part of the method: py-spy attaches before the load starts, so it samples only load
+            cpu = {name: _tree_cpu_seconds(pid) for name, pid in pids.items()}
+            started = time.monotonic()
+            done = self.measure(f"profile {way} (wss)", lambda: iperf3(
+                iperf_port, rv.services[WSS], seconds + 1, reverse, 1, self.tmp), rv)
+            cores = {name: (_tree_cpu_seconds(pid) - cpu[name]) / (time.monotonic() - started)
+                     for name, pid in pids.items()}
+            try:
+                spy.proc.wait(30)
+                samples, shares = parse_pyspy_raw(raw.read_text() if raw.exists() else "")
+            except (subprocess.TimeoutExpired, UnparsableOutput) as exc:
+                self.results.fail(f"py-spy on the wss agent, {way}: {exc}: {spy.log()[-1000:]}")
+                continue
+            finally:
+                spy.stop(5)
+            self.results.profile[way] = {"samples": samples, "shares": shares, "cores": cores, "gbit": done}
+            progress(f"  {way}: " + ", ".join(f"{k} {v * 100:.0f} %" for k, v in shares.items()))
 
     def _wrk_rows(self, rv: Rendezvous, direct: int, web: int, c: int, label: str, key: str,
                   stall: bool = False) -> dict[str, float | None]:

@@ -23,6 +23,11 @@ class Settings:
     only: set[str]
     event_loop: str | None = None
     server_config: str = ""  # TOML lines added to every server's config (e.g. resume_seconds = 0)
+    profile: bool = False  # py-spy on the wss agent (group wss)
+    far_seconds: int = 10  # iperf3 -t through the link emulator (group far)
+    far_rtts: tuple[int, ...] = (100, 300)  # ms, at FAR_RATE_MBIT
+    redis_requests: int = 1_000_000  # redis-benchmark -n per test (SET, GET)
+    pgbench_seconds: int = 8  # pgbench -T
 
     @property
     def programs(self) -> Programs:
@@ -34,7 +39,8 @@ class Settings:
         return f"binaries ({self.binaries})" if self.binaries else "package (python3 -m reverse_websockify.cli.*)"
 
 
-GROUPS = ("bulk", "requests", "connections", "stall", "idle-streams", "agents")
+GROUPS = ("bulk", "requests", "connections", "stall", "idle-streams", "agents", "wss", "far", "workloads")
+FAR_RATE_MBIT = 200  # the emulated far link's rate, each direction (issue 13)
 
 
 def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
@@ -61,6 +67,13 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
                    help="passed to server and agents (default: theirs, auto = uvloop when installed)")
     p.add_argument("--server-config", metavar="TOML", default="",
                    help="lines added to the server's config, e.g. 'resume_seconds = 0' (use \\n between lines)")
+    p.add_argument("--far-seconds", type=int, metavar="S",
+                   help="iperf3 -t through the emulated far link (default 10; 3 with --quick)")
+    p.add_argument("--redis-requests", type=int, metavar="N",
+                   help="redis-benchmark -n for SET and for GET (default 1000000; 100000 with --quick)")
+    p.add_argument("--pgbench-seconds", type=int, metavar="S", help="pgbench -T (default 8; 2 with --quick)")
+    p.add_argument("--profile", action="store_true",
+                   help="group wss: where the agent's CPU goes on the wss path (needs py-spy: pip install py-spy)")
     p.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of: {', '.join(GROUPS)}")
     p.add_argument("--strict", action="store_true",
                    help="also exit 1 when the server/agent logs hold an ERROR or traceback, or a tunnel broke")
@@ -88,6 +101,11 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         only=only,
         event_loop=a.event_loop,
         server_config=a.server_config.replace("\\n", "\n"),
+        profile=a.profile,
+        far_seconds=a.far_seconds or (3 if q else 10),
+        far_rtts=(100,) if q else (100, 300),
+        redis_requests=a.redis_requests or (100_000 if q else 1_000_000),
+        pgbench_seconds=a.pgbench_seconds or (2 if q else 8),
     )
     if s.repeat < 1:
         p.error("--repeat must be at least 1")

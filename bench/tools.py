@@ -6,6 +6,7 @@ tests/unit/test_bench_parsers.py); the runners add the process, the timeout and 
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -80,10 +81,82 @@ def parse_ab(out: str) -> dict[str, float]:
     return {"cps": float(m.group(1)), "complete": int(c.group(1)), "failed": failed}
 
 
+def parse_redis_benchmark_csv(out: str) -> dict[str, dict[str, float]]:
+    """``redis-benchmark --csv`` output → {test: {rps, avg_ms, p50_ms, p99_ms}} (e.g. "SET", "GET")."""
+    rows = list(csv.reader(line for line in out.splitlines() if line.startswith('"')))
+    if not rows or rows[0][:2] != ["test", "rps"]:
+        raise UnparsableOutput('no CSV header "test","rps",...')
+    columns = {name: i for i, name in enumerate(rows[0])}
+    want = {"rps": "rps", "avg_ms": "avg_latency_ms", "p50_ms": "p50_latency_ms", "p99_ms": "p99_latency_ms"}
+    if set(want.values()) - set(columns):
+        raise UnparsableOutput(f"CSV header without {', '.join(sorted(set(want.values()) - set(columns)))}")
+    try:
+        found = {row[0]: {k: float(row[columns[c]]) for k, c in want.items()} for row in rows[1:]}
+    except (IndexError, ValueError):
+        raise UnparsableOutput("a CSV row without numbers in every column") from None
+    if not found:
+        raise UnparsableOutput("no test row after the CSV header")
+    return found
+
+
+def parse_pgbench(out: str) -> dict[str, float]:
+    """``pgbench`` (15) output → tps, transactions, failed, latency_ms (average)."""
+    tps = re.search(r"^tps = ([\d.]+)", out, re.M)
+    done = re.search(r"^number of transactions actually processed: (\d+)", out, re.M)
+    latency = re.search(r"^latency average = ([\d.]+) ms", out, re.M)
+    if not tps or not done or not latency:
+        raise UnparsableOutput("no 'tps =', 'number of transactions actually processed' or 'latency average' line")
+    failed = re.search(r"^number of failed transactions: (\d+)", out, re.M)  # pgbench 15 and later
+    return {"tps": float(tps.group(1)), "transactions": int(done.group(1)),
+            "failed": int(failed.group(1)) if failed else 0, "latency_ms": float(latency.group(1))}
+
+
+# What a frame of a sampled stack belongs to (py-spy's "function (file:line)"; with --native also C
+# frames: "function (libssl.so.3)", "uv__read (stream.c:1154)"), matched in this order. The sample
+# counts for the innermost frame that matches any: a memcpy or a Py_DECREF counts for its caller.
+PROFILE_IDLE = "waiting (epoll)"
+PROFILE_PARTS: tuple[tuple[str, str], ...] = (
+    (PROFILE_IDLE, r"^epoll_p?wait \("),
+    ("system calls (socket read/write)", r"^(__)?(read|write|readv|writev|send|recv|sendmsg|recvmsg|sendto|recvfrom) \(libc"),
+    ("TLS (ssl, OpenSSL)", r"\((libssl|libcrypto)[.\w]*|_ssl\.c:|ssl\.py:"),
+    ("websockets (framing, masking)", r"\(websockets/"),
+    ("reverse_websockify (our code)", r"\(reverse_websockify/"),
+    ("event loop (asyncio, uvloop)", r"\((asyncio/|uvloop/|loop\.c:|core\.c:|linux\.c:|stream\.c:|libuv|_asynciomodule\.c:)"),
+)
+PROFILE_OTHER = "other (interpreter, libc)"
+
+
+def parse_pyspy_raw(out: str) -> tuple[int, dict[str, float]]:
+    """``py-spy record --format raw`` (collapsed stacks: ``frame;frame;... COUNT``) → (busy samples, share per part).
+
+    Each sample counts for the part of its innermost frame that matches one of PROFILE_PARTS (else
+    PROFILE_OTHER); the samples waiting in epoll are not CPU and are left out of the shares, which
+    add up to 1 (every part is there, 0.0 when it got no sample).
+    """
+    counts = {name: 0 for name, _ in PROFILE_PARTS if name != PROFILE_IDLE} | {PROFILE_OTHER: 0}
+    for line in out.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        part = PROFILE_OTHER
+        for frame in reversed(stack.split(";")):
+            found = next((name for name, pattern in PROFILE_PARTS if re.search(pattern, frame)), None)
+            if found:
+                part = found
+                break
+        if part != PROFILE_IDLE:
+            counts[part] += int(n)
+    total = sum(counts.values())
+    if not total:
+        raise UnparsableOutput("no sampled stack outside epoll")
+    return total, {name: c / total for name, c in counts.items()}
+
+
 # The version line of each tool (args to print it, pattern of the version in its output).
 TOOL_VERSIONS: tuple[tuple[list[str], str], ...] = (
     (["iperf3", "--version"], r"iperf (\S+)"), (["wrk", "-v"], r"wrk (\S+)"), (["ab", "-V"], r"Version (\S+)"),
     (["nginx", "-v"], r"nginx/(\S+)"), (["curl", "--version"], r"curl (\S+)"),
+    (["redis-benchmark", "--version"], r"redis-benchmark (\S+)"), (["pgbench", "--version"], r"pgbench \(PostgreSQL\) (\S+)"),
 )
 
 
@@ -165,3 +238,28 @@ def ab(port: int, concurrency: int, requests: int) -> dict[str, float]:
         return parse_ab(out)
     except UnparsableOutput:
         raise BenchError(f"ab: cannot parse its output: {' '.join(args)}\n{out[-1500:]}") from None
+
+
+def redis_benchmark(port: int, requests: int) -> dict[str, dict[str, float]]:
+    """``redis-benchmark -c16 -P16 -t set,get``: {"SET": {...}, "GET": {...}} (see parse_redis_benchmark_csv)."""
+    args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", "16", "-P", "16", "-n", str(requests),
+            "-t", "set,get", "--csv"]
+    out = run_tool(args, 60 + requests / 5000, "redis-benchmark")  # it retries a refused port forever
+    try:
+        found = parse_redis_benchmark_csv(out)
+    except UnparsableOutput as exc:
+        raise BenchError(f"redis-benchmark: {exc}: {' '.join(args)}\n{out[-1500:]}") from None
+    if {"SET", "GET"} - set(found) or re.search(r"\berror\b", out, re.I):
+        raise BenchError(f"redis-benchmark: no SET and GET rows, or an error: {' '.join(args)}\n{out[-1500:]}")
+    return found
+
+
+def pgbench(port: int, seconds: int) -> dict[str, float]:
+    """``pgbench -c16 -j2 -S`` (select only) for ``seconds`` against the bench's cluster (see bench/README.md)."""
+    args = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "16", "-j", "2", "-S", "-n",
+            "-T", str(seconds), "postgres"]
+    out = run_tool(args, seconds + 60, "pgbench")
+    try:
+        return parse_pgbench(out)
+    except UnparsableOutput as exc:
+        raise BenchError(f"pgbench: {exc}: {' '.join(args)}\n{out[-1500:]}") from None

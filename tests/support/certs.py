@@ -35,6 +35,14 @@ def make_client_cert(directory: Path, ca_dir: Path, name: str | None = None) -> 
     return directory
 
 
+def agent_tls_flags(agent_dir: Path, *, client: bool = True) -> list[str]:
+    """The agent's options for wss:// with what make_client_cert wrote: the CA, and (``client``) its certificate."""
+    flags = [f"--ca-cert={agent_dir / 'server.cert.pem'}"]
+    if client:
+        flags += [f"--client-cert={agent_dir / 'client.cert.pem'}", f"--client-key={agent_dir / 'client.key.pem'}"]
+    return flags
+
+
 def revoke_client_cert(ca_dir: Path, cert: Path) -> Path:
     """packaging/rendezvous/revoke-client-cert.sh: revoke ``cert``, rewrite ``ca_dir``/crl.pem; returns it."""
     _run(["bash", str(PACKAGING / "rendezvous" / "revoke-client-cert.sh"), "--ca-cert", str(ca_dir / "server.cert.pem"),

@@ -1,7 +1,8 @@
 """The benchmark's output parsers (bench/tools.py, bench/logscan.py) on real outputs of the real tools.
 
 The samples were captured on this project's box (iperf3 3.12, wrk debian/4.1.0-3+b2, ab 2.3,
-nginx 1.22.1, curl 7.88.1) against a local nginx and iperf3 -s; long parts are cut where marked.
+nginx 1.22.1, curl 7.88.1, redis-benchmark 7.0.15, pgbench 15.18, py-spy 0.4.3) against a local
+nginx, iperf3 -s, redis-server, PostgreSQL 15 and the agent; long parts are cut where marked.
 A parser that reads the wrong line, or a tool whose output format changes, fails here rather
 than turning a benchmark figure silently into nonsense.
 """
@@ -18,11 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/ lives at 
 
 from bench.logscan import log_problems, problems_in  # noqa: E402
 from bench.tools import (  # noqa: E402
+    PROFILE_OTHER,
     TOOL_VERSIONS,
     UnparsableOutput,
     parse_ab,
     parse_iperf3_json,
+    parse_pgbench,
     parse_program_version,
+    parse_pyspy_raw,
+    parse_redis_benchmark_csv,
     parse_tool_version,
     parse_wrk,
 )
@@ -148,6 +153,151 @@ Total transferred:      60600 bytes
 Requests per second:    13003.06 [#/sec] (mean)
 """
 
+# redis-benchmark -h 127.0.0.1 -p PORT -c 16 -P 16 -n 200000 -t set,get --csv (its stdout)
+REDIS_BENCHMARK_CSV = """"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+"SET","340136.06","0.645","0.144","0.543","1.103","2.287","6.639"
+"GET","316455.69","0.672","0.120","0.599","1.071","3.207","5.423"
+"""
+
+# pgbench -h 127.0.0.1 -p PORT -U postgres -c 16 -j 2 -T 3 -S postgres (stdout; stderr said "starting vacuum...end.")
+PGBENCH_SELECT_ONLY = """pgbench (15.18 (Debian 15.18-0+deb12u1))
+transaction type: <builtin: select only>
+scaling factor: 1
+query mode: simple
+number of clients: 16
+number of threads: 2
+maximum number of tries: 1
+duration: 3 s
+number of transactions actually processed: 41261
+number of failed transactions: 0 (0.000%)
+latency average = 1.137 ms
+initial connection time = 76.876 ms
+tps = 14071.566814 (without initial connection time)
+"""
+
+# the same without -S (the TPC-B-like default script), stdout and stderr together
+PGBENCH_TPCB = """pgbench (15.18 (Debian 15.18-0+deb12u1))
+starting vacuum...end.
+transaction type: <builtin: TPC-B (sort of)>
+scaling factor: 1
+query mode: simple
+number of clients: 16
+number of threads: 2
+maximum number of tries: 1
+duration: 2 s
+number of transactions actually processed: 2426
+number of failed transactions: 0 (0.000%)
+latency average = 13.045 ms
+initial connection time = 73.355 ms
+tps = 1226.505047 (without initial connection time)
+"""
+
+# pgbench against a port where nothing listens (exit status 1)
+PGBENCH_REFUSED = """pgbench: error: connection to server at "127.0.0.1", port 1 failed: Connection refused
+	Is the server running on that host and accepting TCP/IP connections?
+pgbench: error: could not create connection for initialization
+"""
+
+# py-spy record --pid AGENT --subprocesses --native --rate 200 --duration 2 --format raw: the wss agent
+# (uvloop) under one iperf3 stream, each way. A few of the real lines: every stack starts with the same
+# frames up to uv_run (PYSPY_OUTER, as captured), then its own (PYSPY_STACKS, as captured), then a count.
+PYSPY_OUTER = (
+    ''
+    'process 2671:"/root/.pyenv/versions/3.11.7/bin/python3 -m reverse_websockify.cli.agent --service=127.0.0.1:45883 --reverse-websockify=wss://127.0.0.1:41379/forward_to_me/iperf3-wss --ca-cert=/tmp/rw-bench-c_1c4tq_/wss/agent/server.cert.pem --client-cert=/tmp/rw-bench-c_1c4tq_/wss/agent/client.cert.pem --client-key=/tmp/rw-bench-c_1c4tq_/wss/agent/client.key.pem";'
+    '0x7f594404524a (libc.so.6);_run_module_as_main (<frozen runpy>:198);'
+    '_run_code (<frozen runpy>:88);<module> (reverse_websockify/cli/agent.py:100);'
+    'main (reverse_websockify/cli/agent.py:94);run_event_loop (reverse_websockify/cli/common.py:62);'
+    'run (uvloop/__init__.py:92);Runner.run (asyncio/runners.py:118);'
+    'run_until_complete (loop.c:35410);run_until_complete (loop.c:35886);Py_XDECREF (object.h:602);'
+    'Py_DECREF (object.h:537);run_forever (loop.c:33192);run_forever (loop.c:33397);'
+    'Loop__run (loop.c:20313);Loop__Loop__run (loop.c:19903)'
+)
+PYSPY_STACKS = [
+    (  # 1 sample(s)
+        'uv_run (core.c:464);uv__io_poll (linux.c:1546);uv__stream_io (stream.c:1210);'
+        'uv__read (stream.c:1154);loop___uv_stream_buffered_on_read (loop.c:114289);'
+        'SSLProtocol_buffer_updated_impl (loop.c:153386);SSLProtocol__do_read (loop.c:159081);'
+        'SSLProtocol__do_read__copied (loop.c:160288);SSLObject.read (ssl.py:921);'
+        '_ssl__SSLSocket_read (_ssl.c.h:301);_ssl__SSLSocket_read_impl (_ssl.c:2544);'
+        'SSL_read_ex (libssl.so.3);0x7f594373f70e (libssl.so.3);0x7f594376a9b0 (libssl.so.3);'
+        '0x7f594376c701 (libssl.so.3);0x7f594376f6a6 (libssl.so.3);EVP_DecryptUpdate (libcrypto.so.3);'
+        '0x7f594354049c (libcrypto.so.3);0x7f594353f9ff (libcrypto.so.3);'
+        '0x7f5943540690 (libcrypto.so.3);CRYPTO_gcm128_setiv (libcrypto.so.3);'
+        '0x7f59432dcd20 (libcrypto.so.3)',
+        1),
+    (  # 1 sample(s)
+        'uv_run (core.c:464);uv__io_poll (linux.c:1546);uv__stream_io (stream.c:1210);'
+        'uv__read (stream.c:1154);loop___uv_stream_buffered_on_read (loop.c:114289);'
+        'SSLProtocol_buffer_updated_impl (loop.c:153386);SSLProtocol__do_read (loop.c:159081);'
+        'SSLProtocol__do_read__copied (loop.c:160542);Py_XDECREF (object.h:602);'
+        'Py_DECREF (object.h:537);Connection.data_received (websockets/asyncio/connection.py:1098);'
+        'Connection.send_data (websockets/asyncio/connection.py:971);write (loop.c:149558);'
+        'write (loop.c:149735);SSLProtocol__write_appdata (loop.c:158280);'
+        'SSLProtocol__process_outgoing (loop.c:158864);UVStream_write (loop.c:110085);'
+        'UVStream__initiate_write (loop.c:107357);UVStream__exec_write (loop.c:107733);'
+        'UVStream__try_write (loop.c:106818);write (libc.so.6)',
+        1),
+    (  # 6 sample(s)
+        'uv_run (core.c:464);uv__io_poll (linux.c:1546);uv__stream_io (stream.c:1210);'
+        'uv__read (stream.c:1154);loop___uv_stream_buffered_on_read (loop.c:114289);'
+        'SSLProtocol_buffer_updated_impl (loop.c:153386);SSLProtocol__do_read (loop.c:159081);'
+        'SSLProtocol__do_read__copied (loop.c:160586);Py_XDECREF (object.h:602);'
+        'Py_DECREF (object.h:537);Connection.data_received (websockets/asyncio/connection.py:1091);'
+        'Protocol.receive_data (websockets/protocol.py:272);'
+        'StreamReader.feed_data (websockets/streams.py:146);0x7f5944170d8a (libc.so.6)',
+        6),
+    (  # 2 sample(s)
+        'uv_run (core.c:464);uv__io_poll (linux.c:1546);uv__stream_io (stream.c:1210);'
+        'uv__read (stream.c:1154);loop___uv_stream_buffered_on_read (loop.c:114289);'
+        'SSLProtocol_buffer_updated_impl (loop.c:153386);SSLProtocol__do_read (loop.c:159081);'
+        'SSLProtocol__do_read__copied (loop.c:160586);Py_XDECREF (object.h:602);'
+        'Py_DECREF (object.h:537);Connection.data_received (websockets/asyncio/connection.py:1116);'
+        'DirectDelivery.process_event (reverse_websockify/wsconnection.py:114);'
+        'Tunnel.run.<locals>.deliver (reverse_websockify/tunnel.py:282);'
+        'Tunnel._on_message (reverse_websockify/tunnel.py:141);'
+        'Tunnel._dispatch (reverse_websockify/tunnel.py:153);'
+        'ServiceStream.on_data (reverse_websockify/service_side.py:96);'
+        'StreamEndpoint.on_data (reverse_websockify/streams.py:163);'
+        'StreamEndpoint._write (reverse_websockify/streams.py:195);write (loop.c:110189);'
+        'write (loop.c:110207);UVStream_write (loop.c:109938);UVHandle__ensure_alive (loop.c:87037)',
+        2),
+    (  # 3 sample(s)
+        'uv_run (core.c:452);uv__run_idle (loop-watcher.c:68);uv__queue_empty (queue.h:33);'
+        'loop_cb_idle_callback (loop.c:92362);Handle__run (loop.c:70959);Loop__on_idle (loop.c:19387);'
+        'Handle__run (loop.c:70935);Py_DECREF (object.h:537);task_step (_asynciomodule.c:2990);'
+        'task_step_impl (_asynciomodule.c:2704);Tunnel._write_loop (reverse_websockify/tunnel.py:232);'
+        'write_frames (reverse_websockify/wsconnection.py:141);'
+        'Protocol.send_binary (websockets/protocol.py:364);'
+        'Protocol.send_frame (websockets/protocol.py:759);Frame.serialize (websockets/frames.py:381);'
+        'token_bytes (secrets.py:46);SystemRandom.randbytes (random.py:812)',
+        3),
+    (  # 34 sample(s)
+        'uv_run (core.c:464);uv__io_poll (linux.c:1452);epoll_pwait (libc.so.6)',
+        34),
+    (  # 3 sample(s)
+        'uv_run (core.c:464);uv__io_poll (linux.c:1546);uv__stream_io (stream.c:1210);'
+        'uv__read (stream.c:1154);loop___uv_stream_buffered_on_read (loop.c:114289);'
+        'SSLProtocol_buffer_updated_impl (loop.c:153386);SSLProtocol__do_read (loop.c:159081);'
+        'SSLProtocol__do_read__copied (loop.c:160586);Py_XDECREF (object.h:602);'
+        'Py_DECREF (object.h:537);Connection.data_received (websockets/asyncio/connection.py:1091);'
+        'Protocol.receive_data (websockets/protocol.py:273);'
+        'ClientProtocol.parse (websockets/client.py:348);Protocol.parse (websockets/protocol.py:603);'
+        'Frame.parse (websockets/frames.py:327)',
+        3),
+    (  # 2 sample(s)
+        'uv_run (core.c:464);uv__io_poll (linux.c:1546);uv__stream_io (stream.c:1210);'
+        'uv__read (stream.c:1154);loop___uv_stream_buffered_on_read (loop.c:114289);'
+        'SSLProtocol_buffer_updated_impl (loop.c:153386);SSLProtocol__do_read (loop.c:159081);'
+        'SSLProtocol__do_read__copied (loop.c:160542);Py_XDECREF (object.h:602);'
+        'Py_DECREF (object.h:537);Connection.data_received (websockets/asyncio/connection.py:1116);'
+        'DirectDelivery.process_event (reverse_websockify/wsconnection.py:114);'
+        'Tunnel.run.<locals>.deliver (reverse_websockify/tunnel.py:282);'
+        'Tunnel._on_message (reverse_websockify/tunnel.py:144);'
+        'Tunnel._forget_ended (reverse_websockify/tunnel.py:212)',
+        2),
+]
+PYSPY_RAW = "".join(f"{PYSPY_OUTER};{stack} {count}\n" for stack, count in PYSPY_STACKS)
+
 
 def test_iperf3_gbit_per_second_at_the_receiver() -> None:
     assert parse_iperf3_json(IPERF3_JSON) == pytest.approx(13.672011973309664)
@@ -215,6 +365,78 @@ def test_ab_without_its_summary_is_unparsable() -> None:
         parse_ab(AB.split("Complete requests")[0])
 
 
+def test_redis_benchmark_rate_and_latencies_per_test() -> None:
+    got = parse_redis_benchmark_csv(REDIS_BENCHMARK_CSV)
+    assert got == {"SET": {"rps": 340136.06, "avg_ms": 0.645, "p50_ms": 0.543, "p99_ms": 2.287},
+                   "GET": {"rps": 316455.69, "avg_ms": 0.672, "p50_ms": 0.599, "p99_ms": 3.207}}
+
+
+def test_redis_benchmark_csv_after_other_text() -> None:
+    """run_tool appends stderr; redis-benchmark writes warnings there (e.g. when CONFIG is refused)."""
+    got = parse_redis_benchmark_csv(REDIS_BENCHMARK_CSV + "\nWARNING: Could not fetch server CONFIG\n")
+    assert set(got) == {"SET", "GET"}
+
+
+@pytest.mark.parametrize("out", [
+    "",
+    # redis-benchmark ... -p 1: nothing listens (it retries until killed)
+    "Could not connect to Redis at 127.0.0.1:1: Connection refused\nWARNING: Could not fetch server CONFIG\n",
+    REDIS_BENCHMARK_CSV.splitlines()[0] + "\n",  # the header and no row
+    REDIS_BENCHMARK_CSV.replace('"340136.06"', '""'),
+])
+def test_redis_benchmark_without_figures_is_unparsable(out: str) -> None:
+    with pytest.raises(UnparsableOutput):
+        parse_redis_benchmark_csv(out)
+
+
+def test_pgbench_select_only() -> None:
+    assert parse_pgbench(PGBENCH_SELECT_ONLY) == {"tps": 14071.566814, "transactions": 41261, "failed": 0,
+                                                  "latency_ms": 1.137}
+
+
+def test_pgbench_tpcb_with_stderr_mixed_in() -> None:
+    assert parse_pgbench(PGBENCH_TPCB) == {"tps": 1226.505047, "transactions": 2426, "failed": 0,
+                                           "latency_ms": 13.045}
+
+
+def test_pgbench_failed_transactions() -> None:
+    out = PGBENCH_SELECT_ONLY.replace("number of failed transactions: 0 (0.000%)",
+                                      "number of failed transactions: 12 (0.029%)")
+    assert parse_pgbench(out)["failed"] == 12
+
+
+def test_pgbench_that_could_not_connect_is_unparsable() -> None:
+    with pytest.raises(UnparsableOutput):
+        parse_pgbench(PGBENCH_REFUSED)
+
+
+def test_pyspy_shares_by_innermost_frame_that_says_where() -> None:
+    samples, shares = parse_pyspy_raw(PYSPY_RAW)
+    # 34 of the 52 samples wait in epoll_pwait: not CPU, left out
+    assert samples == 18
+    assert shares == pytest.approx({
+        "system calls (socket read/write)": 1 / 18,  # write() under uvloop's UVStream__try_write
+        "TLS (ssl, OpenSSL)": 1 / 18,  # libcrypto under SSL_read_ex
+        # feed_data's memcpy (a bare libc address), Frame.parse, the mask's randbytes under Frame.serialize
+        "websockets (framing, masking)": (6 + 3 + 3) / 18,
+        "reverse_websockify (our code)": 2 / 18,  # Tunnel._forget_ended
+        "event loop (asyncio, uvloop)": 2 / 18,  # UVHandle__ensure_alive (loop.c)
+        PROFILE_OTHER: 0.0,
+    })
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_pyspy_stack_with_no_known_frame_is_other() -> None:
+    assert parse_pyspy_raw("main (tool.py:3);0x7f0000000001 (libfoo.so) 5\n")[1][PROFILE_OTHER] == 1.0
+
+
+@pytest.mark.parametrize("out", ["", "py-spy> Failed to find python version from target process\n",
+                                 f"{PYSPY_OUTER};uv_run (core.c:464);uv__io_poll (linux.c:1452);epoll_pwait (libc.so.6) 7\n"])
+def test_pyspy_without_busy_samples_is_unparsable(out: str) -> None:
+    with pytest.raises(UnparsableOutput):
+        parse_pyspy_raw(out)
+
+
 @pytest.mark.parametrize("tool, out, version", [
     ("iperf3", "iperf 3.12 (cJSON 1.7.15)\nLinux vm 6.18.44-fc-v669 #1 SMP PREEMPT_DYNAMIC @0 x86_64\n", "3.12"),
     ("wrk", "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer\nUsage: wrk <options> <url>\n",
@@ -222,6 +444,8 @@ def test_ab_without_its_summary_is_unparsable() -> None:
     ("ab", "This is ApacheBench, Version 2.3 <$Revision$>\n", "2.3"),
     ("nginx", "\nnginx version: nginx/1.22.1\n", "1.22.1"),
     ("curl", "curl 7.88.1 (x86_64-pc-linux-gnu) libcurl/7.88.1 OpenSSL/3.0.22 zlib/1.2.13\n", "7.88.1"),
+    ("redis-benchmark", "redis-benchmark 7.0.15\n", "7.0.15"),
+    ("pgbench", "pgbench (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n", "15.18"),
 ])
 def test_tool_versions(tool: str, out: str, version: str) -> None:
     pattern = dict((args[0], pattern) for args, pattern in TOOL_VERSIONS)[tool]
