@@ -166,7 +166,7 @@ class Agent:
             tunnel = None
         if tunnel is None or tunnel.closed:
             tunnel = Tunnel(role="agent", service_id=cfg.service_id, version=version, window=INITIAL_WINDOW,
-                            dial_target=self._target)
+                            dial_target=self._target, receive_budget=cfg.receive_budget)
             self.tunnel = tunnel
         self._cancel_expiry()
         kept = False

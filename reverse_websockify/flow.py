@@ -14,20 +14,37 @@ the bytes arrived, so a sender keeps only the frames not yet credited back
 from __future__ import annotations
 
 import collections
+from typing import Iterable
 
 from .protocol import INITIAL_WINDOW, ProtocolError
 
 
-class ReceiveWindow:
-    """What the peer may still send us on one stream, and the credit owed back to it."""
+RETURN_SHIFT = 1
+"""Credit goes back once half the window (size >> 1) is delivered: a WINDOW is then always on its way
+to a sender that runs out of credit, at one frame per half window."""
 
-    __slots__ = ("size", "allowance", "unreturned", "received_bytes")
+
+class ReceiveWindow:
+    """What the peer may still send us on one stream, and the credit owed back to it.
+
+    The window's ``size`` is not fixed: ``resize`` raises it at once (the growth is
+    credit the peer may use now: GRANT in v2, WINDOW in v1) or lowers its target, which
+    is reached as bytes are delivered — their credit is kept instead of returned (RELEASE
+    in v2, nothing in v1) — so the peer never has more in flight than the current size.
+    """
+
+    __slots__ = ("size", "target", "allowance", "unreturned", "unreleased", "received_bytes", "sample_start",
+                 "active_epoch")
 
     def __init__(self, size: int = INITIAL_WINDOW) -> None:
         self.size = size
+        self.target = size  # the size the window moves toward (WindowTuner)
         self.allowance = size  # bytes the peer may send before it needs more credit
         self.unreturned = 0  # delivered bytes whose credit has not been returned yet
+        self.unreleased = 0  # bytes the window shrank by that the peer has not been told of (RELEASE)
         self.received_bytes = 0  # bytes received in total: the offset the peer resumes from
+        self.sample_start = 0  # received_bytes when the current rate sample began (WindowTuner)
+        self.active_epoch = 0  # the WindowTuner's idle-check period in which DATA last arrived
 
     @property
     def limit(self) -> int:
@@ -43,19 +60,50 @@ class ReceiveWindow:
         self.allowance -= nbytes
         self.received_bytes += nbytes
 
-    def delivered(self, nbytes: int, *, more_expected: bool = True) -> int:
-        """``nbytes`` left our process; return the WINDOW increment to send now (0: not yet).
+    def delivered(self, nbytes: int, *, more_expected: bool = True) -> tuple[int, int]:
+        """``nbytes`` left our process: (WINDOW increment, RELEASE amount) to send now, 0 for none.
 
-        ``more_expected`` is False once the peer sent FIN or the stream was reset: credit it
-        could never use is not sent.
+        Credit goes back in batches of half the window (RETURN_SHIFT); while the window is above
+        its target, delivered bytes shrink it instead. ``more_expected`` is False once the
+        peer sent FIN or the stream was reset: credit it could never use is not sent.
         """
         self.unreturned += nbytes
-        if not more_expected or self.unreturned < self.size // 2:
-            return 0
+        if not more_expected:
+            return 0, 0
+        excess = self.size - self.target
+        if excess > 0:
+            shrink = min(excess, self.unreturned)
+            self.size -= shrink
+            self.unreturned -= shrink
+            self.unreleased += shrink
+        batch = max(self.size >> RETURN_SHIFT, 1)
+        if self.unreturned < batch:
+            if self.unreleased >= batch:
+                released, self.unreleased = self.unreleased, 0
+                return 0, released
+            return 0, 0
         increment, self.unreturned = self.unreturned, 0
+        released, self.unreleased = self.unreleased, 0
         self.allowance += increment
-        return increment
+        return increment, released
 
+    def resize(self, target: int) -> tuple[int, int]:
+        """Move the window toward ``target``: (growth granted now, shrink to announce now).
+
+        Growth is credit at once. A shrink takes what was delivered and not yet returned
+        now, and the rest as further bytes are delivered (``delivered``).
+        """
+        self.target = target
+        change = target - self.size
+        if change > 0:
+            self.size = target
+            self.allowance += change
+            return change, 0
+        shrink = min(-change, self.unreturned)
+        self.size -= shrink
+        self.unreturned -= shrink
+        released, self.unreleased = self.unreleased + shrink, 0
+        return 0, released
 
 
 class SentLog:
@@ -91,3 +139,77 @@ class SentLog:
     @property
     def kept_bytes(self) -> int:
         return sum(size for _, size, _ in self.frames)
+
+
+MIN_WINDOW = 64 * 1024
+"""The smallest window the tuner gives a busy stream, however many share the budget."""
+DEFAULT_BUDGET = 8 * 1024 * 1024
+"""Bytes all streams of one tunnel may have in flight toward us: 200 Mbit/s at 300 ms round trip."""
+IDLE_SECONDS = 1.0
+"""A stream that received nothing for this long goes back to the initial window."""
+
+
+class WindowTuner:
+    """The receive windows of one tunnel's streams: grown to the link's bandwidth-delay product, under a budget.
+
+    The rule, after gRPC's BDP estimation, per stream: a *sample* counts what each stream
+    receives during one round trip (a WebSocket ping and its pong, which queue behind the
+    data like the credit does). A stream that received at least 2/3 of its window in that
+    time is held back by it, and its window becomes twice what it received, up to the
+    budget. A stream idle for ``IDLE_SECONDS`` goes back to the initial window. Whenever the
+    streams busy in a sample want more than the budget together, each gets an equal share
+    (never less than ``MIN_WINDOW``): no stream starves while another is busy, and a stalled
+    stream (its socket not draining) holds at most its own window, never the others'.
+
+    Windows are what the peer may have in flight toward us, so the budget bounds what both
+    sides hold for this tunnel: our unsent socket writes and the peer's kept frames (SentLog).
+    """
+
+    __slots__ = ("budget", "initial", "minimum", "sampling", "active", "epoch", "dirty")
+
+    def __init__(self, budget: int = DEFAULT_BUDGET, initial: int = INITIAL_WINDOW, minimum: int = MIN_WINDOW) -> None:
+        self.initial = min(initial, budget)
+        self.minimum = min(minimum, self.initial)
+        self.budget = max(budget, self.minimum)
+        self.sampling = False
+        self.active: dict[int, ReceiveWindow] = {}  # streams that received DATA during the sample
+        self.epoch = 0  # idle checks so far
+        self.dirty = False  # DATA arrived since the last sample began: worth another one
+
+    def saw(self, stream_id: int, window: ReceiveWindow, size: int) -> None:
+        """DATA of ``size`` arrived on ``stream_id`` (already counted in ``window``)."""
+        self.dirty = True
+        window.active_epoch = self.epoch
+        if self.sampling and stream_id not in self.active:
+            self.active[stream_id] = window
+            window.sample_start = window.received_bytes - size
+
+    def begin_sample(self) -> None:
+        self.sampling = True
+        self.dirty = False
+        self.active = {}
+
+    def end_sample(self) -> dict[int, int]:
+        """The round trip is over: the new target of every stream busy during it."""
+        self.sampling = False
+        active, self.active = self.active, {}
+        if not active:
+            return {}
+        wanted = {}
+        for stream_id, window in active.items():
+            got = window.received_bytes - window.sample_start
+            want = max(window.target, self.initial)
+            if 3 * got >= 2 * window.size:
+                want = max(want, 2 * got)
+            wanted[stream_id] = min(want, self.budget)
+        if sum(wanted.values()) > self.budget:
+            share = max(self.minimum, self.budget // len(wanted))
+            wanted = {stream_id: min(want, share) for stream_id, want in wanted.items()}
+        return {stream_id: want for stream_id, want in wanted.items() if want != active[stream_id].target}
+
+    def idle(self, windows: Iterable[tuple[int, ReceiveWindow]]) -> dict[int, int]:
+        """Every ``IDLE_SECONDS``: streams that received nothing since the last call go back to the initial window."""
+        epoch = self.epoch
+        self.epoch += 1
+        return {stream_id: self.initial for stream_id, window in windows
+                if window.target > self.initial and window.active_epoch < epoch}

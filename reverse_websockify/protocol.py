@@ -71,6 +71,14 @@ class FrameType(enum.IntEnum):
     RST = 6
     HELLO = 7  # v2, server -> agent, stream id 0: the session (new or resumed)
     RESUME = 8  # v2, both ways, stream id 0: what this side holds of each stream
+    GRANT = 9  # v2, both ways: credit for bytes not yet delivered, i.e. the receiver's window grows
+    RELEASE = 10  # v2, both ways: bytes delivered whose credit is kept, i.e. the receiver's window shrinks
+
+
+SESSION_FRAMES = (FrameType.HELLO, FrameType.RESUME)
+"""v2 frames of the session itself, on stream id 0."""
+AMOUNT_FRAMES = (FrameType.WINDOW, FrameType.GRANT, FrameType.RELEASE)
+"""Flow-control frames whose body is one u32 byte count (WINDOW_BODY)."""
 
 
 SESSION_ID_SIZE = 16
@@ -97,6 +105,7 @@ class Frame:
 
     @property
     def window_increment(self) -> int:
+        """The byte count of WINDOW, GRANT or RELEASE."""
         return int(WINDOW_BODY.unpack(self.body)[0])
 
     @property
@@ -144,10 +153,11 @@ def peek_stream_id(message: bytes | bytearray | memoryview | str) -> int:
     return int(HEADER.unpack_from(message)[1])
 
 
-def encode_window(stream_id: int, increment: int) -> bytes:
+def encode_window(stream_id: int, increment: int, frame_type: FrameType = FrameType.WINDOW) -> bytes:
+    """WINDOW (credit for delivered bytes), or in v2 GRANT (window grows) or RELEASE (window shrinks)."""
     if not 0 < increment <= MAX_CREDIT:
-        raise ValueError(f"WINDOW increment {increment} out of range")
-    return _header(FrameType.WINDOW, stream_id) + WINDOW_BODY.pack(increment)
+        raise ValueError(f"{frame_type.name} of {increment} out of range")
+    return _header(frame_type, stream_id) + WINDOW_BODY.pack(increment)
 
 
 def encode_fin(stream_id: int) -> bytes:
@@ -245,9 +255,9 @@ def decode(message: bytes | bytearray | memoryview | str, version: int = 1) -> F
         frame_type = FrameType(type_code)
     except ValueError:
         raise ProtocolError(f"unknown frame type {type_code}") from None
-    if frame_type >= FrameType.HELLO:
-        if version < 2:
-            raise ProtocolError(f"unknown frame type {type_code}")
+    if frame_type >= FrameType.HELLO and version < 2:
+        raise ProtocolError(f"unknown frame type {type_code}")
+    if frame_type in SESSION_FRAMES:
         if stream_id != 0:
             raise ProtocolError(f"{frame_type.name} for stream {stream_id}; it belongs to stream id 0")
         return Frame(frame_type, 0, bytes(memoryview(message)[HEADER_SIZE:]))
@@ -262,14 +272,15 @@ def decode(message: bytes | bytearray | memoryview | str, version: int = 1) -> F
         if size > MAX_DATA:
             raise ProtocolError(f"DATA of {size} bytes on stream {stream_id} exceeds {MAX_DATA}")
         return Frame(frame_type, stream_id, body)
-    if frame_type is FrameType.WINDOW:
+    if frame_type in AMOUNT_FRAMES:
+        name = frame_type.name
         if size != WINDOW_BODY.size:
-            raise ProtocolError(f"WINDOW body of {size} bytes on stream {stream_id}; 4 expected")
+            raise ProtocolError(f"{name} body of {size} bytes on stream {stream_id}; 4 expected")
         increment = WINDOW_BODY.unpack_from(body)[0]
         if increment == 0:
-            raise ProtocolError(f"WINDOW of 0 on stream {stream_id}")
+            raise ProtocolError(f"{name} of 0 on stream {stream_id}")
         if increment > MAX_CREDIT:
-            raise ProtocolError(f"WINDOW of {increment} on stream {stream_id} is absurdly large")
+            raise ProtocolError(f"{name} of {increment} on stream {stream_id} is absurdly large")
     elif frame_type in (FrameType.OPEN_OK, FrameType.FIN):
         if size:
             raise ProtocolError(f"{frame_type.name} with a {size}-byte body on stream {stream_id}")

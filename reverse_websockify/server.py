@@ -395,6 +395,7 @@ class RendezvousServer:
                 max_streams=self.config.max_streams_per_agent,
                 open_timeout=self.config.open_timeout,
                 stats=service.stats,
+                receive_budget=self.config.receive_budget,
             )
             if protocol_version >= 2:
                 tunnel.session.start(_hello(False, keep))

@@ -46,6 +46,7 @@ from .protocol import (
     parse_hello,
     parse_resume,
 )
+from .flow import DEFAULT_BUDGET, WindowTuner
 from .stream_state import StreamState
 
 Role = Literal["server", "agent"]
@@ -128,9 +129,10 @@ class Session:
     """The stream table of one WebSocket, seen from ``role``."""
 
     def __init__(self, role: Role, *, window: int = INITIAL_WINDOW, max_streams: int = 10000,
-                 version: int = 1) -> None:
+                 version: int = 1, budget: int = DEFAULT_BUDGET) -> None:
         self.role = role
         self.window = window
+        self.tuner = WindowTuner(budget, window)
         self.max_streams = max_streams
         self.version = version
         self.resumable = version >= 2
@@ -251,11 +253,44 @@ class Session:
             return False  # the stream ended while its last bytes were draining
         if not (state.open_confirmed or self._gated):
             raise RuntimeError(f"stream {stream_id}: bytes delivered before OPEN_OK")
-        increment = state.delivered(nbytes)
-        if increment:
-            self._outgoing.append(encode_window(stream_id, increment))
-            return True
-        return False
+        increment, released = state.delivered(nbytes)
+        return self._queue_window(stream_id, increment, released)
+
+    def _queue_window(self, stream_id: int, credit: int, released: int, *, growth: bool = False) -> bool:
+        """WINDOW for delivered bytes, or GRANT for growth (v2; WINDOW in v1); RELEASE for a shrink (v2 only)."""
+        queued = False
+        if credit:
+            kind = FrameType.GRANT if growth and self.resumable else FrameType.WINDOW
+            self._outgoing.append(encode_window(stream_id, credit, kind))
+            queued = True
+        if released and self.resumable:
+            self._outgoing.append(encode_window(stream_id, released, FrameType.RELEASE))
+            queued = True
+        return queued
+
+    # -- flow control: windows that follow the link (flow.WindowTuner) ------------------------
+
+    def flow_sample_begin(self) -> None:
+        """A ping goes out now: count what each stream receives until its pong."""
+        self.tuner.begin_sample()
+
+    def flow_sample_end(self) -> bool:
+        """The pong came: resize the windows of the streams busy meanwhile. True when frames were queued."""
+        return self._resize(self.tuner.end_sample())
+
+    def flow_idle(self) -> bool:
+        """Every IDLE_SECONDS: idle streams go back to the initial window. True when frames were queued."""
+        return self._resize(self.tuner.idle((sid, s.receive_window) for sid, s in self.streams.items()))
+
+    def _resize(self, targets: dict[int, int]) -> bool:
+        queued = False
+        for stream_id, target in targets.items():
+            state = self.streams.get(stream_id)
+            if state is None or state.fin_received or state.is_reset or not state.open_confirmed:
+                continue  # ended; or the agent, before its OPEN_OK (nothing but OPEN_OK or RST may precede it)
+            growth, released = state.receive_window.resize(target)
+            queued |= self._queue_window(stream_id, growth, released, growth=True)
+        return queued
 
     def close(self) -> list[int]:
         """The WebSocket is gone for good: every stream ends, nothing more goes out. Returns their ids."""
@@ -354,11 +389,15 @@ class Session:
             size = len(frame.body)
             state.received(size)
             self.bytes_received += size
+            self.tuner.saw(stream_id, state.receive_window, size)
             return [DataReceived(stream_id, frame.body)]
-        if kind is FrameType.WINDOW:
+        if kind is FrameType.WINDOW or kind is FrameType.GRANT:
             blocked = state.send_credit == 0
-            state.granted(frame.window_increment)
+            state.granted(frame.window_increment, delivered=kind is FrameType.WINDOW)
             return [CreditGranted(stream_id, blocked)]
+        if kind is FrameType.RELEASE:
+            state.released(frame.window_increment)
+            return []
         if kind is FrameType.FIN:
             state.receive_fin()
             if state.fin_sent:

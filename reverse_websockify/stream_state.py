@@ -25,13 +25,14 @@ class StreamState:
     """
 
     __slots__ = ("stream_id", "send_credit", "receive_window", "fin_sent", "fin_received", "is_reset",
-                 "open_confirmed", "sent", "sent_log")
+                 "open_confirmed", "sent", "sent_log", "acknowledged")
 
     def __init__(self, stream_id: int, window: int = INITIAL_WINDOW, *, keep_sent: bool = False) -> None:
         self.stream_id = stream_id
         self.send_credit = window
         self.sent = 0  # payload bytes sent in total
         self.sent_log = SentLog() if keep_sent else None  # protocol v2: what a resume may send again
+        self.acknowledged = 0  # v2: bytes the peer says it delivered (WINDOW + RELEASE); the log keeps the rest
         self.receive_window = ReceiveWindow(window)
         self.fin_sent = False
         self.fin_received = False
@@ -80,22 +81,28 @@ class StreamState:
         self.send_credit -= size
         self.sent += size
 
-    def granted(self, increment: int) -> None:
-        """The peer sent WINDOW."""
+    def granted(self, increment: int, *, delivered: bool = True) -> None:
+        """The peer sent WINDOW (credit for bytes it delivered) or, in v2, GRANT (``delivered=False``: its
+        window grew)."""
         self.send_credit += increment
         if self.send_credit > MAX_CREDIT:
             raise ProtocolError(f"WINDOW on stream {self.stream_id} raises credit above {MAX_CREDIT}")
-        if self.sent_log is not None:
-            self.sent_log.drop_below(self.credited)
+        if delivered and self.sent_log is not None:
+            self._acknowledge(increment)
 
-    @property
-    def credited(self) -> int:
-        """Credit the peer has returned in total: it has received (and delivered) at least this many bytes.
+    def released(self, amount: int) -> None:
+        """v2 RELEASE: the peer delivered ``amount`` more bytes and keeps their credit (its window shrank)."""
+        if self.sent_log is None:
+            raise ProtocolError(f"RELEASE on stream {self.stream_id} of a v1 session")
+        self._acknowledge(amount)
 
-        Both sides use one window size, so the peer's limit is ``sent + send_credit``, which is
-        ``credited + window``.
-        """
-        return self.sent + self.send_credit - self.receive_window.size
+    def _acknowledge(self, amount: int) -> None:
+        """The peer has delivered ``amount`` more bytes: the log need not keep them for a resume."""
+        self.acknowledged += amount
+        if self.acknowledged > self.sent:
+            raise ProtocolError(f"stream {self.stream_id}: {self.acknowledged} bytes acknowledged of {self.sent} sent")
+        assert self.sent_log is not None
+        self.sent_log.drop_below(self.acknowledged)
 
     def send_fin(self) -> None:
         if self.fin_sent:
@@ -110,10 +117,10 @@ class StreamState:
             raise ProtocolError(f"DATA after FIN on stream {self.stream_id}")
         self.receive_window.received(size, self.stream_id)
 
-    def delivered(self, size: int) -> int:
-        """``size`` received bytes left our process; return the WINDOW increment to send now (0: none yet).
+    def delivered(self, size: int) -> tuple[int, int]:
+        """``size`` received bytes left our process: (WINDOW increment, RELEASE amount) to send now.
 
-        Never once the peer's FIN came (it will send no more) or the stream was reset.
+        Neither once the peer's FIN came (it will send no more) or the stream was reset.
         """
         return self.receive_window.delivered(size, more_expected=not (self.fin_received or self.is_reset))
 

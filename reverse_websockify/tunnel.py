@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 
+from .flow import DEFAULT_BUDGET, IDLE_SECONDS
 from .logfields import fields
 from .protocol import (
     CLOSE_ABNORMAL,
@@ -71,6 +72,9 @@ WRITTEN_POLL = 0.01
 CONFIRM_INTERVAL = 1.0
 """How often finished streams are confirmed with a ping (see Session.mark), when there are any."""
 
+SAMPLE_GAP = 0.02
+"""Between two round-trip samples of the window tuner (flow.WindowTuner), while data flows."""
+
 
 class Tunnel:
     def __init__(
@@ -84,9 +88,10 @@ class Tunnel:
         dial_target: DialTarget | None = None,
         open_timeout: float | None = None,
         stats: ServiceStats | None = None,
+        receive_budget: int = DEFAULT_BUDGET,
     ) -> None:
         self.service_id = service_id
-        self.session = Session(role, window=window, max_streams=max_streams, version=version)
+        self.session = Session(role, window=window, max_streams=max_streams, version=version, budget=receive_budget)
         self.loop = asyncio.get_running_loop()  # kept: every get_running_loop() is a getpid() call
         self.connection: Connection | None = None  # the WebSocket carrying the session now
         self.closed = False  # ended for good: every stream is gone
@@ -248,6 +253,27 @@ class Tunnel:
         except ConnectionClosed:
             pass
 
+    async def _flow_loop(self, connection: Connection) -> None:
+        """Time the round trips the window tuner samples (a ping and its pong), and its idle checks."""
+        session, loop = self.session, self.loop
+        tuner = session.tuner
+        next_idle = loop.time() + IDLE_SECONDS
+        try:
+            while True:
+                if tuner.dirty:
+                    session.flow_sample_begin()
+                    pong = await connection.ping()
+                    await pong
+                    if session.flow_sample_end():
+                        self.wake()
+                await asyncio.sleep(SAMPLE_GAP)
+                if loop.time() >= next_idle:
+                    next_idle = loop.time() + IDLE_SECONDS
+                    if session.flow_idle():
+                        self.wake()
+        except ConnectionClosed:
+            pass
+
     async def _wait_written(self) -> None:
         """Until the frames queued now are handed to the WebSocket (the ping must follow them).
 
@@ -270,7 +296,8 @@ class Tunnel:
         self.connection = connection
         self.detached_since = None
         self._resuming = self.session.hello is not None and self.session.role == "agent"
-        self._link_tasks = [self.loop.create_task(self._write_loop(connection))]
+        self._link_tasks = [self.loop.create_task(self._write_loop(connection)),
+                            self.loop.create_task(self._flow_loop(connection))]
         if self.session.resumable:
             self._link_tasks.append(self.loop.create_task(self._confirm_loop(connection)))
         failed: asyncio.Future[ProtocolError] = self.loop.create_future()

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("ping-timeout", type=float, default=10.0, metavar="SECONDS",
          help="declare the link dead without a pong within (10)")
     flag("max-backoff", type=float, default=30.0, metavar="SECONDS", help="longest wait between reconnects (30)")
+    flag("receive-budget-mib", type=float, default=8.0, metavar="MIB",
+         help="bytes all streams together may have in flight toward this agent; windows grow to the link within "
+              "it (8)")
     flag("version", action="store_true", help="print the version and exit")
     add_event_loop_flag(parser)
     add_logging_flags(parser)
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             client_key=args.client_key, tls_server_name=args.tls_server_name, insecure=args.insecure,
             token=args.token, token_file=args.token_file, token_env=os.environ.get(TOKEN_ENV),
             dial_timeout=args.dial_timeout, ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
-            max_backoff=args.max_backoff,
+            max_backoff=args.max_backoff, receive_budget_mib=args.receive_budget_mib,
         )
     except ConfigError as exc:
         fail(str(exc))

@@ -78,6 +78,7 @@ def test_optional_keys(write, tmp_path: Path) -> None:  # type: ignore[no-untype
         HTTP
         + "agent_wait_seconds = 0\nopen_timeout_seconds = 3\nping_interval_seconds = 2.5\n"
         + "ping_timeout_seconds = 4\nhandshake_timeout_seconds = 6\nmax_streams_per_agent = 7\n"
+        + "receive_budget_mib = 0.5\n"
         + 'trusted_proxies = ["10.0.0.1", "192.168.0.0/16", "::1"]\n'
         + '[tls]\ncert = "server.pem"\nkey = "server.key"\n'
         + service("A", "[::1]:40001", token='"s3cret"', nickname='"Bus"')
@@ -86,6 +87,7 @@ def test_optional_keys(write, tmp_path: Path) -> None:  # type: ignore[no-untype
     config = load(path)
     assert (config.agent_wait, config.open_timeout, config.ping_interval) == (0.0, 3.0, 2.5)
     assert (config.ping_timeout, config.handshake_timeout, config.max_streams_per_agent) == (4.0, 6.0, 7)
+    assert config.receive_budget == 512 * 1024
     assert config.trusted_proxies == ("10.0.0.1", "192.168.0.0/16", "::1")
     assert config.tls is not None and config.tls.cert == tmp_path / "server.pem"
     assert config.tls.client_ca is None
@@ -298,3 +300,12 @@ def test_non_string_trusted_proxies_entry(write, entry: str) -> None:  # type: i
 
 def test_nan_seconds_are_refused(write) -> None:  # type: ignore[no-untyped-def]
     error(write(HTTP + "agent_wait_seconds = nan\n"), "agent_wait_seconds")
+
+
+@pytest.mark.parametrize("value, expected", [("0", "receive_budget_mib: expected a number >= 0.0625"),
+                                             ("5000", "receive_budget_mib: at most 4096"),
+                                             ('"8"', "receive_budget_mib: expected a number")])
+def test_receive_budget_is_checked(write, value: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError) as error:
+        load(write(HTTP + f"receive_budget_mib = {value}\n"))
+    assert expected in str(error.value)

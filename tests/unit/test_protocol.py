@@ -74,8 +74,9 @@ def test_constants_are_consistent() -> None:
     assert MAX_MESSAGE == HEADER_SIZE + MAX_DATA
     assert MAX_STREAM_ID == 2**32 - 1
     assert 0 < MAX_DATA <= INITIAL_WINDOW <= MAX_CREDIT
-    assert [t.value for t in FrameType] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert [t.name for t in FrameType] == ["OPEN", "OPEN_OK", "DATA", "WINDOW", "FIN", "RST", "HELLO", "RESUME"]
+    assert [t.value for t in FrameType] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert [t.name for t in FrameType] == ["OPEN", "OPEN_OK", "DATA", "WINDOW", "FIN", "RST", "HELLO", "RESUME",
+                                           "GRANT", "RELEASE"]
 
 
 # -- round trips -----------------------------------------------------------------
@@ -194,7 +195,7 @@ def test_short_header(size: int) -> None:
     expect_error(bytes([3, 0, 0, 0, 1])[:size], f"{size} bytes", "header")
 
 
-@pytest.mark.parametrize("kind", [0, 7, 8, 100, 255])
+@pytest.mark.parametrize("kind", [0, 7, 8, 9, 10, 100, 255])
 def test_unknown_type(kind: int) -> None:
     expect_error(header(kind, 1) + b"body", "unknown frame type", str(kind))
 
@@ -398,6 +399,22 @@ def test_v2_frames_are_unknown_in_v1_and_need_stream_zero() -> None:
     assert decode(hello, version=2).type is FrameType.HELLO
     with pytest.raises(ProtocolError, match="stream id 0"):
         decode(b"\x07\x00\x00\x00\x01" + hello[5:], version=2)
+
+
+@pytest.mark.parametrize("kind", [FrameType.GRANT, FrameType.RELEASE])
+def test_v2_grant_and_release_carry_a_byte_count_on_a_stream(kind: FrameType) -> None:
+    from reverse_websockify.protocol import encode_window
+
+    frame = encode_window(3, 65536, kind)
+    assert frame == bytes([kind.value]) + bytes.fromhex("00000003" + "00010000")
+    decoded = decode(frame, version=2)
+    assert (decoded.type, decoded.stream_id, decoded.window_increment) == (kind, 3, 65536)
+    with pytest.raises(ProtocolError, match=f"unknown frame type {kind.value}"):
+        decode(frame)  # v1
+    for bad, message in ((frame[:5] + bytes(4), f"{kind.name} of 0"), (frame[:5] + b"\x00", "4 expected"),
+                         (bytes([kind.value]) + bytes(4) + frame[5:], "stream id 0")):
+        with pytest.raises(ProtocolError, match=message):
+            decode(bad, version=2)
 
 
 @pytest.mark.parametrize("body, message", [

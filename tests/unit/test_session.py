@@ -227,10 +227,12 @@ class BackToBack(RuleBasedStateMachine):
         window=st.sampled_from([1, 2, 7, 64, 1000]),
         server_max=st.integers(1, 6),
         agent_max=st.integers(1, 6),
+        budget_windows=st.sampled_from([1, 3, 10]),
     )
-    def start(self, window: int, server_max: int, agent_max: int) -> None:
-        self.sessions = {SERVER: Session("server", window=window, max_streams=server_max),
-                         AGENT: Session("agent", window=window, max_streams=agent_max)}
+    def start(self, window: int, server_max: int, agent_max: int, budget_windows: int) -> None:
+        budget = window * budget_windows
+        self.sessions = {SERVER: Session("server", window=window, max_streams=server_max, budget=budget),
+                         AGENT: Session("agent", window=window, max_streams=agent_max, budget=budget)}
         self.pipes: dict[str, deque[bytes]] = {SERVER: deque(), AGENT: deque()}  # frames sent by each side
         # what each side's application knows, per stream
         self.known: dict[str, set[int]] = {SERVER: set(), AGENT: set()}
@@ -331,6 +333,33 @@ class BackToBack(RuleBasedStateMachine):
         self.undelivered[(side, stream_id)] -= size
         self.sessions[side].delivered(stream_id, size)
         self.flush(side)
+
+    # the window tuner (flow.WindowTuner): a round-trip sample begins (a ping goes out), ends (its
+    # pong is back) or the idle check runs, at any point between frames
+
+    @rule(side=st.sampled_from([SERVER, AGENT]))
+    def sample_begins(self, side: str) -> None:
+        self.sessions[side].flow_sample_begin()
+
+    @rule(side=st.sampled_from([SERVER, AGENT]))
+    def sample_ends(self, side: str) -> None:
+        self.sessions[side].flow_sample_end()
+        self.flush(side)
+
+    @rule(side=st.sampled_from([SERVER, AGENT]))
+    def idle_check(self, side: str) -> None:
+        self.sessions[side].flow_idle()
+        self.flush(side)
+
+    @invariant()
+    def windows_stay_within_the_budget(self) -> None:
+        """A stream's window never exceeds the budget, nor goes below the smallest window allowed."""
+        for session in self.sessions.values():
+            tuner = session.tuner
+            for state in session.streams.values():
+                window = state.receive_window
+                assert window.size <= max(tuner.budget, session.window)
+                assert window.target >= min(tuner.minimum, session.window)
 
     # the WebSocket
 
@@ -448,10 +477,12 @@ class BackToBackWithCuts(BackToBack):
         window=st.sampled_from([1, 2, 7, 64, 1000]),
         server_max=st.integers(1, 6),
         agent_max=st.integers(1, 6),
+        budget_windows=st.sampled_from([1, 3, 10]),
     )
-    def start(self, window: int, server_max: int, agent_max: int) -> None:
-        self.sessions = {SERVER: Session("server", window=window, max_streams=server_max, version=2),
-                         AGENT: Session("agent", window=window, max_streams=agent_max, version=2)}
+    def start(self, window: int, server_max: int, agent_max: int, budget_windows: int) -> None:
+        budget = window * budget_windows
+        self.sessions = {SERVER: Session("server", window=window, max_streams=server_max, version=2, budget=budget),
+                         AGENT: Session("agent", window=window, max_streams=agent_max, version=2, budget=budget)}
         self.pipes = {SERVER: deque(), AGENT: deque()}
         self.known = {SERVER: set(), AGENT: set()}
         self.dialling = set()
@@ -514,10 +545,12 @@ class BackToBackWithCuts(BackToBack):
 
     @invariant()
     def kept_frames_never_exceed_the_window(self) -> None:
-        for session in self.sessions.values():
+        """What a sender keeps for a resume is bounded by the largest window its peer may grant."""
+        for side, session in self.sessions.items():
+            bound = max(session.window, self.sessions[self.peer(side)].tuner.budget)
             for state in session.streams.values():
                 assert state.sent_log is not None
-                assert state.sent_log.kept_bytes <= session.window
+                assert state.sent_log.kept_bytes <= bound
 
     def settle(self) -> None:
         self.reconnect()

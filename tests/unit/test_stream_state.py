@@ -126,13 +126,13 @@ def test_received_beyond_allowance_is_a_protocol_error(first: int) -> None:
 def test_delivered_batches_credit_until_half_a_window() -> None:
     s = StreamState(1)
     s.received(W)
-    assert s.delivered(HALF - 1) == 0
+    assert s.delivered(HALF - 1)[0] == 0
     assert s.recv_allowance == 0  # nothing returned yet
-    assert s.delivered(1) == HALF  # reaches half a window: the whole accumulated amount
+    assert s.delivered(1)[0] == HALF  # reaches half a window: the whole accumulated amount
     assert s.recv_allowance == HALF
     assert s.delivered_unreturned == 0
-    assert s.delivered(HALF - 1) == 0
-    assert s.delivered(1) == HALF
+    assert s.delivered(HALF - 1)[0] == 0
+    assert s.delivered(1)[0] == HALF
     assert s.recv_allowance == W
 
 
@@ -140,8 +140,8 @@ def test_delivered_returns_everything_accumulated_in_one_increment() -> None:
     s = StreamState(1)
     s.received(W)
     for _ in range(3):
-        assert s.delivered(HALF // 3) == 0
-    increment = s.delivered(HALF)
+        assert s.delivered(HALF // 3)[0] == 0
+    increment = s.delivered(HALF)[0]
     assert increment == 3 * (HALF // 3) + HALF
     assert s.recv_allowance == increment
 
@@ -149,7 +149,7 @@ def test_delivered_returns_everything_accumulated_in_one_increment() -> None:
 def test_small_deliveries_add_up() -> None:
     s = StreamState(1, window=10)
     s.received(10)
-    assert [s.delivered(1) for _ in range(10)] == [0, 0, 0, 0, 5, 0, 0, 0, 0, 5]
+    assert [s.delivered(1)[0] for _ in range(10)] == [0, 0, 0, 0, 5, 0, 0, 0, 0, 5]
     assert s.recv_allowance == 10
 
 
@@ -182,7 +182,7 @@ def test_no_credit_returned_after_fin_received() -> None:
     s = StreamState(1)
     s.received(W)
     s.receive_fin()
-    assert s.delivered(W) == 0
+    assert s.delivered(W)[0] == 0
     assert s.recv_allowance == 0
 
 
@@ -190,7 +190,7 @@ def test_no_credit_returned_after_reset() -> None:
     s = StreamState(1)
     s.received(W)
     s.reset()
-    assert s.delivered(W) == 0
+    assert s.delivered(W)[0] == 0
 
 
 def test_fin_does_not_stop_the_other_direction() -> None:
@@ -316,7 +316,7 @@ class Pair(RuleBasedStateMachine):
         size = data.draw(st.integers(1, self.undelivered[who]), label="delivered")
         self.undelivered[who] -= size
         self.delivered_total[who] += size
-        increment = self.side[self.peer(who)].delivered(size)
+        increment = self.side[self.peer(who)].delivered(size)[0]
         assert increment >= 0
         if increment:
             self.windows[who].append(increment)
@@ -380,7 +380,7 @@ class Pair(RuleBasedStateMachine):
                     size = self.undelivered[who]
                     self.undelivered[who] = 0
                     self.delivered_total[who] += size
-                    increment = self.side[self.peer(who)].delivered(size)
+                    increment = self.side[self.peer(who)].delivered(size)[0]
                     if increment:
                         self.windows[who].append(increment)
                     progressed = True
