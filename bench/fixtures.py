@@ -182,7 +182,7 @@ class LinkEmulator:
         wait_for(lambda: listening(self.port) or exited_early(self.process), 10, "the link emulator to listen")
 
     def cpu_seconds(self) -> float:
-        return probes.cpu_seconds(self.process.pid)
+        return probes.tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.stop(5)

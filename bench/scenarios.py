@@ -34,10 +34,6 @@ from tests.support.waiting import WaitTimeout, wait_for
 WSS = "iperf3-wss"  # the service whose agent dials through the wss front (group wss)
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    return sum(probes.cpu_seconds(p) for p in probes.tree_pids(pid))
-
-
 class Bench:
     def __init__(self, settings: Settings, tmp: Path) -> None:
         self.s = settings
@@ -201,11 +197,11 @@ class Bench:
                                            "--output", str(raw)], self.tmp / "py-spy.log")
             progress(f"  profiling the wss agent, {way}, {seconds} s")
             time.sleep(0.5)  # part of the method: py-spy attaches before the load starts, so it samples only load
-            cpu = {name: _tree_cpu_seconds(pid) for name, pid in pids.items()}
+            cpu = {name: probes.tree_cpu_seconds(pid) for name, pid in pids.items()}
             started = time.monotonic()
             done = self.measure(f"profile {way} (wss)", lambda: iperf3(
                 iperf_port, rv.services[WSS], seconds + 1, reverse, 1, self.tmp), rv)
-            cores = {name: (_tree_cpu_seconds(pid) - cpu[name]) / (time.monotonic() - started)
+            cores = {name: (probes.tree_cpu_seconds(pid) - cpu[name]) / (time.monotonic() - started)
                      for name, pid in pids.items()}
             try:
                 spy.proc.wait(30)

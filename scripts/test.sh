@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nginx openssl tinyproxy shellcheck docker-compose systemd iperf3 wrk apache2-utils curl procps chromium redis-server redis-tools openssh-server openssh-client)
+APT_PACKAGES=(nginx openssl tinyproxy shellcheck docker-compose systemd iperf3 wrk apache2-utils curl procps chromium redis-server redis-tools openssh-server openssh-client postgresql)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -67,9 +67,9 @@ def tree_pids(pid: int) -> list[int]:
     return pids
 
 
-def _sum_over_tree(pid: int, reading: Callable[[int], int]) -> int:
+def _sum_over_tree(pid: int, reading: Callable[[int], float]) -> float:
     """A reading summed over the tree; a process that is gone (or just went) counts 0."""
-    total = 0
+    total = 0.0
     for p in tree_pids(pid):
         try:
             total += reading(p)
@@ -79,12 +79,17 @@ def _sum_over_tree(pid: int, reading: Callable[[int], int]) -> int:
 
 
 def tree_status_kib(pid: int, name: str = "VmRSS") -> int:
-    return _sum_over_tree(pid, lambda p: status_kib(p, name))
+    return int(_sum_over_tree(pid, lambda p: status_kib(p, name)))
 
 
 def tree_pss_kib(pid: int) -> int:
-    return _sum_over_tree(pid, pss_kib)
+    return int(_sum_over_tree(pid, pss_kib))
 
 
 def tree_fd_count(pid: int) -> int:
-    return _sum_over_tree(pid, fd_count)
+    return int(_sum_over_tree(pid, fd_count))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of the process and its descendants (launcher + program), in seconds."""
+    return _sum_over_tree(pid, cpu_seconds)
