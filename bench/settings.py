@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
                    help="also exit 1 when the server/agent logs hold an ERROR or traceback, or a tunnel broke")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs, configs)")
     p.add_argument("--time-limit", type=int, metavar="S",
-                   help="abort the whole run after S seconds (default 300 with --quick, 1800 otherwise)")
+                   help="abort the whole run after S seconds (default 300 with --quick, 2700 otherwise)")
     a = p.parse_args(argv)
     q = a.quick
     only = set(GROUPS)
@@ -110,5 +110,5 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     if s.repeat < 1:
         p.error("--repeat must be at least 1")
     if a.time_limit is None:
-        a.time_limit = 300 if q else 1800
+        a.time_limit = 300 if q else 2700
     return s, a
