@@ -71,7 +71,7 @@ class ServerConfig:
     handshake_timeout: float = 10.0
     max_streams_per_agent: int = 10000
     resume_seconds: float = 60.0  # how long a v2 session outlives a lost link; 0: not at all (protocol v1)
-    receive_budget: int = 8 << 20  # bytes all streams of one tunnel may have in flight toward us (flow.py)
+    receive_budget: int = 16 << 20  # bytes all streams of one tunnel may have in flight toward us (flow.py)
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     tls: TlsConfig | None = None
     client_crl: Path | None = None  # revoked client certificates (revocation.py)
@@ -250,7 +250,7 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         handshake_timeout=_number(data, "handshake_timeout_seconds", 10.0, "", minimum=0.1),
         max_streams_per_agent=max_streams,
         resume_seconds=_number(data, "resume_seconds", 60.0, ""),
-        receive_budget=_mib(_number(data, "receive_budget_mib", 8.0, "", minimum=0.0625), "receive_budget_mib"),
+        receive_budget=_mib(_number(data, "receive_budget_mib", 16.0, "", minimum=0.0625), "receive_budget_mib"),
         trusted_proxies=tuple(str(p) for p in proxies),
         tls=tls,
         client_crl=client_crl,
@@ -316,7 +316,7 @@ class AgentConfig:
     open_timeout: float = 15.0  # the WebSocket handshake, TLS included
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
-    receive_budget: int = 8 << 20  # bytes all streams may have in flight toward the agent (flow.py)
+    receive_budget: int = 16 << 20  # bytes all streams may have in flight toward the agent (flow.py)
 
     @property
     def host(self) -> str:
@@ -340,7 +340,7 @@ def agent_config(
     ping_interval: float = 8.0,
     ping_timeout: float = 10.0,
     max_backoff: float = 30.0,
-    receive_budget_mib: float = 8.0,
+    receive_budget_mib: float = 16.0,
 ) -> AgentConfig:
     """Validate the agent's flags; every error is one line naming the flag (ConfigError)."""
     if not service:

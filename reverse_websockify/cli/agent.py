@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("ping-timeout", type=float, default=10.0, metavar="SECONDS",
          help="declare the link dead without a pong within (10)")
     flag("max-backoff", type=float, default=30.0, metavar="SECONDS", help="longest wait between reconnects (30)")
-    flag("receive-budget-mib", type=float, default=8.0, metavar="MIB",
+    flag("receive-budget-mib", type=float, default=16.0, metavar="MIB",
          help="bytes all streams together may have in flight toward this agent; windows grow to the link within "
-              "it (8)")
+              "it (16)")
     flag("version", action="store_true", help="print the version and exit")
     add_event_loop_flag(parser)
     add_logging_flags(parser)

@@ -168,12 +168,12 @@ def test_credit_blocks_and_window_unblocks() -> None:
     with pytest.raises(RuntimeError, match="exceed credit"):
         agent.send_data(1, b"x")
     server.receive(agent.data_to_send()[0])
-    assert not server.delivered(1, 4)  # below half a window: nothing yet
+    assert not server.delivered(1, 1)  # below a quarter of the window: nothing yet
     assert server.delivered(1, 1)
     (window,) = server.data_to_send()
-    assert decode(window).window_increment == 5
+    assert decode(window).window_increment == 2
     assert agent.receive(window) == [CreditGranted(1, True)]
-    assert agent.send_credit(1) == 5
+    assert agent.send_credit(1) == 2
 
 
 def test_both_fins_end_the_stream_on_both_sides() -> None:

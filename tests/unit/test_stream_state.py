@@ -9,11 +9,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from reverse_websockify.flow import RETURN_SHIFT
 from reverse_websockify.protocol import INITIAL_WINDOW, MAX_CREDIT, MAX_DATA, ProtocolError
 from reverse_websockify.stream_state import StreamState
 
 W = INITIAL_WINDOW
 HALF = W // 2
+BATCH = W >> RETURN_SHIFT  # credit goes back in batches of this much
 
 
 def test_initial_state() -> None:
@@ -123,34 +125,34 @@ def test_received_beyond_allowance_is_a_protocol_error(first: int) -> None:
     assert "stream 5" in str(info.value)
 
 
-def test_delivered_batches_credit_until_half_a_window() -> None:
+def test_delivered_batches_credit_until_a_quarter_window() -> None:
     s = StreamState(1)
     s.received(W)
-    assert s.delivered(HALF - 1)[0] == 0
+    assert s.delivered(BATCH - 1)[0] == 0
     assert s.recv_allowance == 0  # nothing returned yet
-    assert s.delivered(1)[0] == HALF  # reaches half a window: the whole accumulated amount
-    assert s.recv_allowance == HALF
+    assert s.delivered(1)[0] == BATCH  # reaches the batch: the whole accumulated amount
+    assert s.recv_allowance == BATCH
     assert s.delivered_unreturned == 0
-    assert s.delivered(HALF - 1)[0] == 0
-    assert s.delivered(1)[0] == HALF
-    assert s.recv_allowance == W
+    assert s.delivered(BATCH - 1)[0] == 0
+    assert s.delivered(1)[0] == BATCH
+    assert s.recv_allowance == 2 * BATCH
 
 
 def test_delivered_returns_everything_accumulated_in_one_increment() -> None:
     s = StreamState(1)
     s.received(W)
     for _ in range(3):
-        assert s.delivered(HALF // 3)[0] == 0
-    increment = s.delivered(HALF)[0]
-    assert increment == 3 * (HALF // 3) + HALF
+        assert s.delivered(BATCH // 4)[0] == 0
+    increment = s.delivered(BATCH)[0]
+    assert increment == 3 * (BATCH // 4) + BATCH
     assert s.recv_allowance == increment
 
 
 def test_small_deliveries_add_up() -> None:
-    s = StreamState(1, window=10)
-    s.received(10)
-    assert [s.delivered(1)[0] for _ in range(10)] == [0, 0, 0, 0, 5, 0, 0, 0, 0, 5]
-    assert s.recv_allowance == 10
+    s = StreamState(1, window=12)
+    s.received(12)
+    assert [s.delivered(1)[0] for _ in range(12)] == [0, 0, 3, 0, 0, 3, 0, 0, 3, 0, 0, 3]
+    assert s.recv_allowance == 12
 
 
 def test_allowance_grows_so_the_peer_can_send_again() -> None:

@@ -79,13 +79,13 @@ def test_a_stalled_stream_does_not_hold_back_a_busy_one() -> None:
 def test_a_shrink_is_taken_from_delivered_bytes_and_announced() -> None:
     window = ReceiveWindow(4 * MIB)
     window.received(4 * MIB, 1)
-    assert window.delivered(MIB) == (0, 0)  # a quarter: below the batch of half a window
-    assert window.resize(MIB) == (0, MIB)  # back toward 1 MiB: the delivered MiB is kept, not returned
-    assert (window.size, window.target) == (3 * MIB, MIB)
-    assert window.delivered(2 * MIB) == (0, 2 * MIB)  # more delivered: the window reaches its target
+    assert window.delivered(MIB // 2) == (0, 0)  # below the batch of a quarter window
+    assert window.resize(MIB) == (0, MIB // 2)  # back toward 1 MiB: the delivered bytes are kept, not returned
+    assert (window.size, window.target) == (3 * MIB + MIB // 2, MIB)
+    assert window.delivered(5 * MIB // 2) == (0, 5 * MIB // 2)  # more delivered: the window reaches its target
     assert window.size == MIB and window.allowance == 0
-    assert window.delivered(MIB // 2) == (MIB // 2, 0)  # then credit flows again, by half windows
-    assert window.allowance == MIB // 2
+    assert window.delivered(MIB // 4) == (MIB // 4, 0)  # then credit flows again, by quarter windows
+    assert window.allowance == MIB // 4
 
 
 def test_idle_streams_go_back_to_the_initial_window() -> None:
