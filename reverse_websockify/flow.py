@@ -148,6 +148,10 @@ MIN_WINDOW = 64 * 1024
 DEFAULT_BUDGET = 16 * 1024 * 1024
 """Bytes all streams of one tunnel may have in flight toward us: 1.1 x the bandwidth-delay product of
 200 Mbit/s at 300 ms (7.5 MB), for 90 % of such a link with one stream."""
+QUEUE_FACTOR = 1.5
+"""A window grows only in a sample whose round trip is within this factor of the shortest one seen on
+the link. Where the bottleneck is not the window (the CPU, a slow reader), a larger window only
+queues more bytes ahead of the ping (bufferbloat): the round trip grows and the window does not."""
 IDLE_SECONDS = 1.0
 """A stream that received nothing for this long goes back to the initial window."""
 
@@ -158,17 +162,20 @@ class WindowTuner:
     The rule, after gRPC's BDP estimation, per stream: a *sample* counts what each stream
     receives during one round trip (a WebSocket ping and its pong, which queue behind the
     data like the credit does). A stream that received at least 2/3 of its window in that
-    time is held back by it, and its window becomes twice what it received, up to the
-    budget. A stream idle for ``IDLE_SECONDS`` goes back to the initial window. Whenever the
-    streams busy in a sample want more than the budget together, each gets an equal share
-    (never less than ``MIN_WINDOW``): no stream starves while another is busy, and a stalled
-    stream (its socket not draining) holds at most its own window, never the others'.
+    time is held back by it — unless the round trip was long because bytes queued ahead of the
+    ping (``QUEUE_FACTOR``): then a larger window would only queue more — and its window becomes
+    twice what it received — within what the other streams leave of the budget, and never
+    less than an equal share of it (``fair_share``, at least ``MIN_WINDOW``). A stream idle for
+    ``IDLE_SECONDS`` goes back to the initial window, and while the windows together exceed the
+    budget (many new streams, each starting with the protocol's 1 MiB), every stream above its
+    share goes down to it. So no stream starves while another is busy, and a stalled stream (its
+    socket not draining) holds at most its own window, never the others'.
 
     Windows are what the peer may have in flight toward us, so the budget bounds what both
     sides hold for this tunnel: our unsent socket writes and the peer's kept frames (SentLog).
     """
 
-    __slots__ = ("budget", "initial", "minimum", "sampling", "active", "epoch", "dirty")
+    __slots__ = ("budget", "initial", "minimum", "sampling", "active", "epoch", "dirty", "min_rtt", "total", "streams")
 
     def __init__(self, budget: int = DEFAULT_BUDGET, initial: int = INITIAL_WINDOW, minimum: int = MIN_WINDOW) -> None:
         self.initial = min(initial, budget)
@@ -177,7 +184,31 @@ class WindowTuner:
         self.sampling = False
         self.active: dict[int, ReceiveWindow] = {}  # streams that received DATA during the sample
         self.epoch = 0  # idle checks so far
+        self.min_rtt: float | None = None  # the shortest round trip sampled on this link, seconds
+        self.total = 0  # the targets of all streams, together: what the budget bounds
+        self.streams = 0
         self.dirty = False  # DATA arrived since the last sample began: worth another one
+
+    # the session tells the tuner of every stream's birth, death and new target
+
+    def add(self, window: ReceiveWindow) -> None:
+        self.total += window.target
+        self.streams += 1
+
+    def remove(self, window: ReceiveWindow) -> None:
+        self.total -= window.target
+        self.streams -= 1
+
+    def retarget(self, window: ReceiveWindow, target: int) -> None:
+        self.total += target - window.target
+
+    def clear(self) -> None:
+        self.total = self.streams = 0
+
+    @property
+    def fair_share(self) -> int:
+        """Every stream's part of the budget when all want more than there is."""
+        return max(self.minimum, self.budget // max(self.streams, 1))
 
     def saw(self, stream_id: int, window: ReceiveWindow, size: int) -> None:
         """DATA of ``size`` arrived on ``stream_id`` (already counted in ``window``)."""
@@ -192,27 +223,48 @@ class WindowTuner:
         self.dirty = False
         self.active = {}
 
-    def end_sample(self) -> dict[int, int]:
-        """The round trip is over: the new target of every stream busy during it."""
+    def end_sample(self, rtt: float) -> dict[int, int]:
+        """The round trip of ``rtt`` seconds is over: the new target of every stream busy during it."""
         self.sampling = False
         active, self.active = self.active, {}
         if not active:
             return {}
+        self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
+        queue_free = rtt <= QUEUE_FACTOR * self.min_rtt
+        fair, total = self.fair_share, self.total
         wanted = {}
         for stream_id, window in active.items():
             got = window.received_bytes - window.sample_start
-            want = max(window.target, self.initial)
-            if 3 * got >= 2 * window.size:
+            want = window.target
+            if queue_free and 3 * got >= 2 * window.size:
                 want = max(want, 2 * got)
-            wanted[stream_id] = min(want, self.budget)
-        if sum(wanted.values()) > self.budget:
-            share = max(self.minimum, self.budget // len(wanted))
-            wanted = {stream_id: min(want, share) for stream_id, want in wanted.items()}
-        return {stream_id: want for stream_id, want in wanted.items() if want != active[stream_id].target}
+            # What the other streams do not hold, but at least a fair share: over the budget, the
+            # busy streams shrink to their share; under it, one may take what the others leave.
+            want = min(want, max(fair, self.budget - (total - window.target)))
+            if want != window.target:
+                wanted[stream_id] = want
+                total += want - window.target
+        return wanted
+
+    def new_link(self) -> None:
+        """A new WebSocket, maybe another path: its round trip is measured afresh."""
+        self.min_rtt = None
+        self.sampling = False
 
     def idle(self, windows: Iterable[tuple[int, ReceiveWindow]]) -> dict[int, int]:
-        """Every ``IDLE_SECONDS``: streams that received nothing since the last call go back to the initial window."""
+        """Every ``IDLE_SECONDS``: streams that received nothing since the last call go back to the initial
+        window, and while all windows together exceed the budget (many new streams), every stream above
+        its fair share goes down to it."""
         epoch = self.epoch
         self.epoch += 1
-        return {stream_id: self.initial for stream_id, window in windows
-                if window.target > self.initial and window.active_epoch < epoch}
+        fair, over = self.fair_share, self.total > self.budget
+        targets = {}
+        for stream_id, window in windows:
+            target = window.target
+            if window.active_epoch < epoch and target > self.initial:
+                target = self.initial
+            if over and target > fair:
+                target = fair  # streams that were not sampled give their share back too
+            if target != window.target:
+                targets[stream_id] = target
+        return targets

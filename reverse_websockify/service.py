@@ -255,4 +255,5 @@ class Service:
                                    and detached.detached_since else None),
             "paused_streams": detached.stream_count if detached is not None else 0,
             "sessions_resumed": self.stats.sessions_resumed,
+            "receive_window_bytes": session.receive_window_bytes if session else 0,
         }

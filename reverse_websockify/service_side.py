@@ -77,6 +77,14 @@ class ServiceStream(StreamEndpoint):
         if self.ended:  # reset while the dial was under way
             transport.abort()
             return
+        try:
+            self._connected()
+        except Exception:  # a bug: the event loop would only log it and leave the user hanging
+            log.exception("%s: unexpected error once connected; resetting the stream", self.describe(),
+                          extra=self.log_fields())
+            self.abort("internal error", notify_peer=True)
+
+    def _connected(self) -> None:
         self.session.confirm_open(self.stream_id)
         self.wake()
         log.info("%s: user %s connected to %s", self.describe(), self.user or "?", self.peer,

@@ -190,7 +190,8 @@ class Session:
             return None  # 4 billion streams on one WebSocket: refuse rather than reuse an id
         self.highest_id += 1
         stream_id = self.highest_id
-        self.streams[stream_id] = StreamState(stream_id, self.window, keep_sent=self.resumable)
+        self.streams[stream_id] = state = StreamState(stream_id, self.window, keep_sent=self.resumable)
+        self.tuner.add(state.receive_window)
         self.streams_opened += 1
         if self.resumable:
             self._open_text[stream_id] = peer
@@ -270,17 +271,28 @@ class Session:
 
     # -- flow control: windows that follow the link (flow.WindowTuner) ------------------------
 
+    @property
+    def receive_window_bytes(self) -> int:
+        """What the peer may have in flight toward us on all streams together (the budget's subject)."""
+        return sum(state.receive_window.size for state in self.streams.values())
+
+    def flow_new_link(self) -> None:
+        """A new WebSocket carries the session: round trips are measured afresh."""
+        self.tuner.new_link()
+
     def flow_sample_begin(self) -> None:
         """A ping goes out now: count what each stream receives until its pong."""
         self.tuner.begin_sample()
 
-    def flow_sample_end(self) -> bool:
-        """The pong came: resize the windows of the streams busy meanwhile. True when frames were queued."""
-        return self._resize(self.tuner.end_sample())
+    def flow_sample_end(self, rtt: float) -> bool:
+        """The pong came after ``rtt`` seconds: resize the windows of the streams busy meanwhile.
+
+        True when frames were queued."""
+        return self._resize(self.tuner.end_sample(rtt))
 
     def flow_idle(self) -> bool:
         """Every IDLE_SECONDS: idle streams go back to the initial window. True when frames were queued."""
-        return self._resize(self.tuner.idle((sid, s.receive_window) for sid, s in self.streams.items()))
+        return self._resize(self.tuner.idle([(sid, s.receive_window) for sid, s in self.streams.items()]))
 
     def _resize(self, targets: dict[int, int]) -> bool:
         queued = False
@@ -288,6 +300,7 @@ class Session:
             state = self.streams.get(stream_id)
             if state is None or state.fin_received or state.is_reset or not state.open_confirmed:
                 continue  # ended; or the agent, before its OPEN_OK (nothing but OPEN_OK or RST may precede it)
+            self.tuner.retarget(state.receive_window, target)
             growth, released = state.receive_window.resize(target)
             queued |= self._queue_window(stream_id, growth, released, growth=True)
         return queued
@@ -299,6 +312,7 @@ class Session:
         for state in self.streams.values():
             state.reset()
         self.streams.clear()
+        self.tuner.clear()
         self._finished.clear()
         self._open_text.clear()
         self._held_resets.clear()
@@ -429,7 +443,8 @@ class Session:
             reason = "too many streams on this agent"
             self._outgoing.append(encode_rst(stream_id, reason))
             return [OpenRefused(stream_id, reason)]
-        self.streams[stream_id] = StreamState(stream_id, self.window, keep_sent=self.resumable)
+        self.streams[stream_id] = state = StreamState(stream_id, self.window, keep_sent=self.resumable)
+        self.tuner.add(state.receive_window)
         self.streams_opened += 1
         return [StreamOpened(stream_id, peer)]
 
@@ -449,6 +464,7 @@ class Session:
             return []
         events: list[Event] = [StreamReset(stream_id, NOT_RESUMED, False) for stream_id in self.streams]
         self.streams.clear()
+        self.tuner.clear()
         self._finished.clear()
         self._held_resets.clear()
         self._outgoing.clear()
@@ -547,6 +563,7 @@ class Session:
 
     def _forget(self, stream_id: int, *, finished: bool = False) -> None:
         state = self.streams.pop(stream_id)
+        self.tuner.remove(state.receive_window)
         self._ended.append(stream_id)
         if self.resumable:
             self._open_text.pop(stream_id, None)

@@ -257,14 +257,16 @@ class Tunnel:
         """Time the round trips the window tuner samples (a ping and its pong), and its idle checks."""
         session, loop = self.session, self.loop
         tuner = session.tuner
+        session.flow_new_link()
         next_idle = loop.time() + IDLE_SECONDS
         try:
             while True:
                 if tuner.dirty:
                     session.flow_sample_begin()
+                    sent_at = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
                     pong = await connection.ping()
                     await pong
-                    if session.flow_sample_end():
+                    if session.flow_sample_end(time.perf_counter() - sent_at):
                         self.wake()
                 await asyncio.sleep(SAMPLE_GAP)
                 if loop.time() >= next_idle:

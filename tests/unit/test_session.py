@@ -343,7 +343,7 @@ class BackToBack(RuleBasedStateMachine):
 
     @rule(side=st.sampled_from([SERVER, AGENT]))
     def sample_ends(self, side: str) -> None:
-        self.sessions[side].flow_sample_end()
+        self.sessions[side].flow_sample_end(0.001)
         self.flush(side)
 
     @rule(side=st.sampled_from([SERVER, AGENT]))
@@ -356,6 +356,8 @@ class BackToBack(RuleBasedStateMachine):
         """A stream's window never exceeds the budget, nor goes below the smallest window allowed."""
         for session in self.sessions.values():
             tuner = session.tuner
+            assert tuner.total == sum(state.receive_window.target for state in session.streams.values())
+            assert tuner.streams == len(session.streams)
             for state in session.streams.values():
                 window = state.receive_window
                 assert window.size <= max(tuner.budget, session.window)
