@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.certs import make_client_cert, make_server_cert
+from tests.support.certs import agent_tls_flags, make_client_cert, make_server_cert
 from tests.support.clients import sha256, transfer
 from tests.support.deployment import Deployment
 from tests.support.nginx import ShippedNginx
@@ -36,13 +36,6 @@ def _pki(tmp_path: Path, cn: str, name: str = "pki") -> tuple[Path, Path]:
     server_dir = make_server_cert(tmp_path / name / "tls", cn)
     agent_dir = make_client_cert(tmp_path / name / "agent", server_dir)
     return server_dir, agent_dir
-
-
-def _agent_tls_flags(agent_dir: Path, *, client: bool = True) -> list[str]:
-    flags = [f"--ca-cert={agent_dir / 'server.cert.pem'}"]
-    if client:
-        flags += [f"--client-cert={agent_dir / 'client.cert.pem'}", f"--client-key={agent_dir / 'client.key.pem'}"]
-    return flags
 
 
 @pytest.fixture
@@ -81,7 +74,7 @@ def test_full_chain_through_nginx(tmp_path: Path, deployment: Deployment, echo: 
     deployment.start_server()
     nginx = nginx_factory(tls_dir, deployment.http_port)
     url = f"wss://{host}:{nginx.https_port}/forward_to_me/BUS1"
-    agent = deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir), *extra, url=url)
+    agent = deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir), *extra, url=url)
     payload = os.urandom(MIB16)
     assert sha256(transfer(deployment.services["BUS1"], payload)) == sha256(payload)
     # The status page through nginx's plain-HTTP (intranet) block, with the agent's real address.
@@ -113,7 +106,7 @@ def test_agent_without_client_certificate_refused_by_nginx(tmp_path: Path, deplo
     tls_dir, agent_dir = _pki(tmp_path, "127.0.0.1")
     deployment.start_server()
     nginx = nginx_factory(tls_dir, deployment.http_port)
-    agent = deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir, client=False), wait=False,
+    agent = deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir, client=False), wait=False,
                                    url=f"wss://127.0.0.1:{nginx.https_port}/forward_to_me/BUS1")
     agent.wait_log("HTTP 400")
     assert "No required SSL certificate was sent" in agent.log()
@@ -160,13 +153,13 @@ def test_name_mismatch_refused_and_insecure_connects_with_warning(tmp_path: Path
     deployment.start_server()
     nginx = nginx_factory(tls_dir, deployment.http_port)
     url = f"wss://{host}:{nginx.https_port}/forward_to_me/BUS1"
-    agent = deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir), wait=False, url=url)
+    agent = deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir), wait=False, url=url)
     agent.wait_log("server certificate rejected")
     assert host in agent.log().split("server certificate rejected", 1)[1].splitlines()[0]
     _no_relay(deployment)
     agent.stop()
     deployment.agents.remove(agent)
-    insecure = deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir), "--insecure", url=url)
+    insecure = deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir), "--insecure", url=url)
     assert "WARNING" in insecure.log() and "--insecure" in insecure.log()
     assert transfer(deployment.services["BUS1"], b"insecure but working") == b"insecure but working"
 
@@ -214,7 +207,7 @@ def test_through_tinyproxy_with_https_proxy(tmp_path: Path, deployment: Deployme
         env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "https_proxy", "http_proxy")}
         env["HTTPS_PROXY"] = f"http://127.0.0.1:{proxy.port}"
         url = f"wss://127.0.0.1:{nginx.https_port}/forward_to_me/BUS1"
-        agent = deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir), url=url, env=env)
+        agent = deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir), url=url, env=env)
         payload = os.urandom(MIB16)
         assert sha256(transfer(deployment.services["BUS1"], payload)) == sha256(payload)
         wait_for(lambda: f"127.0.0.1:{nginx.https_port}" in proxy.log(), 5, "tinyproxy to log the CONNECT")
@@ -224,7 +217,7 @@ def test_through_tinyproxy_with_https_proxy(tmp_path: Path, deployment: Deployme
         deployment.agents.remove(agent)
         before = proxy.log().count("CONNECT")
         env["NO_PROXY"] = "127.0.0.1"
-        deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir), url=url, env=env)
+        deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir), url=url, env=env)
         assert transfer(deployment.services["BUS1"], b"direct") == b"direct"
         assert proxy.log().count("CONNECT") == before
     finally:
@@ -243,12 +236,12 @@ def test_server_terminates_tls_with_client_ca(tmp_path: Path, deployment: Deploy
     deployment.client_ssl = context
     deployment.start_server()
     url = f"wss://127.0.0.1:{deployment.http_port}/forward_to_me/BUS1"
-    agent = deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir), url=url)
+    agent = deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir), url=url)
     payload = os.urandom(MIB16)
     assert sha256(transfer(deployment.services["BUS1"], payload)) == sha256(payload)
     agent.stop()
     deployment.agents.remove(agent)
-    refused = deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir, client=False), url=url,
+    refused = deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir, client=False), url=url,
                                      wait=False)
     refused.wait_log("it may require a client certificate")
     _no_relay(deployment)
@@ -261,7 +254,7 @@ def test_original_readme_nginx_conf_verbatim(tmp_path: Path, deployment: Deploym
     deployment.start_server()
     nginx = nginx_factory(tls_dir, deployment.http_port, Path(__file__).with_name("original-nginx.conf"))
     url = f"wss://127.0.0.1:{nginx.https_port}/forward_to_me/BUS1"
-    deployment.start_agent("BUS1", echo.port, *_agent_tls_flags(agent_dir), url=url)
+    deployment.start_agent("BUS1", echo.port, *agent_tls_flags(agent_dir), url=url)
     payload = os.urandom(MIB16)
     assert sha256(transfer(deployment.services["BUS1"], payload)) == sha256(payload)
     with urllib.request.urlopen(f"http://127.0.0.1:{nginx.http_port}/", timeout=5) as response:
