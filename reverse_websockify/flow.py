@@ -206,6 +206,11 @@ class WindowTuner:
         self.total = self.streams = 0
 
     @property
+    def has_idle_work(self) -> bool:
+        """Some window is above the initial one, or all together above the budget: idle checks may shrink them."""
+        return self.total > self.initial * self.streams or self.total > self.budget
+
+    @property
     def fair_share(self) -> int:
         """Every stream's part of the budget when all want more than there is."""
         return max(self.minimum, self.budget // max(self.streams, 1))

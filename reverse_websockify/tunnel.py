@@ -103,6 +103,8 @@ class Tunnel:
         self._open_timeout = open_timeout
         self._endpoints: dict[int, StreamEndpoint] = {}
         self._wakeup = asyncio.Event()
+        self._flow_data = asyncio.Event()  # DATA arrived while the flow loop waited for some
+        self._flow_waiting = False
         self._link_tasks: list[asyncio.Task[None]] = []
         self._lost_at = 0.0  # time.monotonic() when the link was lost, for the resume's log line
         self._resuming = False
@@ -149,6 +151,9 @@ class Tunnel:
         self._forget_ended()
         if self.session.has_output:
             self.wake()
+        if self._flow_waiting and self.session.tuner.dirty:
+            self._flow_waiting = False
+            self._flow_data.set()
 
     def _dispatch(self, event: Event) -> None:
         kind = type(event)
@@ -254,8 +259,12 @@ class Tunnel:
             pass
 
     async def _flow_loop(self, connection: Connection) -> None:
-        """Time the round trips the window tuner samples (a ping and its pong), and its idle checks."""
-        session, loop = self.session, self.loop
+        """Time the round trips the window tuner samples (a ping and its pong), and run its idle checks.
+
+        While no DATA arrives it sleeps until the first DATA (``_on_message`` wakes it), or the next
+        idle check when some window may shrink: a fleet of idle tunnels costs no timer at all.
+        """
+        session, loop, idle_data = self.session, self.loop, self._flow_data
         tuner = session.tuner
         session.flow_new_link()
         next_idle = loop.time() + IDLE_SECONDS
@@ -268,7 +277,20 @@ class Tunnel:
                     await pong
                     if session.flow_sample_end(time.perf_counter() - sent_at):
                         self.wake()
-                await asyncio.sleep(SAMPLE_GAP)
+                    await asyncio.sleep(SAMPLE_GAP)
+                else:
+                    idle_data.clear()
+                    self._flow_waiting = True
+                    try:
+                        if tuner.has_idle_work:
+                            await asyncio.wait_for(idle_data.wait(), max(0.0, next_idle - loop.time()))
+                        else:  # nothing to shrink: no timer at all until DATA comes
+                            await idle_data.wait()
+                            next_idle = loop.time() + IDLE_SECONDS
+                    except asyncio.TimeoutError:
+                        pass
+                    finally:
+                        self._flow_waiting = False
                 if loop.time() >= next_idle:
                     next_idle = loop.time() + IDLE_SECONDS
                     if session.flow_idle():

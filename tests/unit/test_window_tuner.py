@@ -173,3 +173,18 @@ def test_the_windows_never_get_more_than_the_budget(received: list[tuple[int, in
         assert tuner.total <= tuner.budget + len(windows) * tuner.fair_share
         apply(tuner, windows, tuner.idle(list(windows.items())))
         assert tuner.total <= max(tuner.budget, tuner.minimum * len(windows))
+
+
+def test_idle_checks_are_needed_only_while_some_window_may_shrink() -> None:
+    """A fleet of idle tunnels must cost no timer: the tunnel asks before it schedules an idle check."""
+    tuner = WindowTuner(budget=4 * MIB)
+    windows = {1: opened(tuner), 2: opened(tuner)}
+    assert not tuner.has_idle_work  # every window at the initial size, within the budget
+    apply(tuner, windows, {1: 2 * MIB})
+    assert tuner.has_idle_work  # one grown: it shrinks back once idle
+    apply(tuner, windows, tuner.idle(list(windows.items())))  # both count as idle (no DATA this period)
+    apply(tuner, windows, tuner.idle(list(windows.items())))
+    assert not tuner.has_idle_work
+    for sid in range(3, 8):
+        windows[sid] = opened(tuner)
+    assert tuner.has_idle_work  # 7 new streams of 1 MiB: above the budget
