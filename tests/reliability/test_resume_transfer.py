@@ -33,6 +33,10 @@ from tests.support.waiting import wait_for
 
 FAST_KEEPALIVE_CONFIG = "ping_interval_seconds = 1\nping_timeout_seconds = 1"
 FAST_KEEPALIVE_FLAGS = ("--ping-interval=1", "--ping-timeout=1")
+# Windows held at 1 MiB (no growth on this fast link): a break must land while bytes still flow, and
+# with grown windows the last sixth can be in flight already when the threshold is seen.
+SMALL_WINDOWS_CONFIG = "receive_budget_mib = 1"
+SMALL_WINDOWS_FLAGS = ("--receive-budget-mib=1",)
 KEEPALIVE_BOUND = 1 + 1 + 2  # interval + timeout + closing handshake timeout, seconds
 SLACK = 2.0  # scheduling on a shared machine
 TOTAL = 64 << 20  # bytes each way
@@ -120,12 +124,12 @@ def _poll(condition: Callable[[], object], timeout: float, what: str) -> float:
 @pytest.mark.parametrize("mode", ["rst", "fin", "freeze"])
 def test_64_mib_each_way_through_five_link_breaks(mode: str, deployment: Deployment, echo: Service,
                                                   make_proxy: Callable[[int], FaultProxy], figure: Figure) -> None:
-    deployment.extra_config = FAST_KEEPALIVE_CONFIG
+    deployment.extra_config = FAST_KEEPALIVE_CONFIG + "\n" + SMALL_WINDOWS_CONFIG
     deployment.write_config()
     deployment.options.append("--log-format=json")
     server = deployment.start_server()
     proxy = make_proxy(deployment.http_port)
-    agent = deployment.start_agent("BUS1", echo.port, *FAST_KEEPALIVE_FLAGS,
+    agent = deployment.start_agent("BUS1", echo.port, *FAST_KEEPALIVE_FLAGS, *SMALL_WINDOWS_FLAGS,
                                    url=f"{proxy.url_base}/forward_to_me/BUS1")
     payload = os.urandom(TOTAL)
     sent_digest = hashlib.sha256(payload).hexdigest()
