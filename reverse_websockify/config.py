@@ -75,6 +75,7 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     tls: TlsConfig | None = None
     client_crl: Path | None = None  # revoked client certificates (revocation.py)
+    metrics_per_service_limit: int = 100  # /metrics has per-service series up to this many services (metrics.py)
 
 
 # Example config shipped inside the package: `reverse_websockify_server --example-config`.
@@ -105,6 +106,7 @@ _TOP_KEYS = {
     "trusted_proxies",
     "tls",
     "client_crl",
+    "metrics_per_service_limit",
 }
 _SERVICE_KEYS = {"nickname", "local_listen_endpoint", "token", "token_sha256", "agent_identity"}
 _TLS_KEYS = {"cert", "key", "client_ca"}
@@ -181,7 +183,7 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
     if not isinstance(services_raw, dict):
         raise ConfigError("remote_service: expected tables like [remote_service.<ID>]")
     services: dict[str, ServiceConfig] = {}
-    taken: dict[str, Endpoint] = {"http_server_endpoint": http}
+    taken: dict[int, list[tuple[str, Endpoint]]] = {http.port: [("http_server_endpoint", http)]}  # by port: O(n)
     for service_id, table in services_raw.items():
         where = f"remote_service.{service_id}."
         if not _ID.fullmatch(service_id):
@@ -192,10 +194,10 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         if "local_listen_endpoint" not in table:
             raise ConfigError(f"{where}local_listen_endpoint: missing (e.g. \"0.0.0.0:39034\")")
         listen = parse_endpoint(table["local_listen_endpoint"], where + "local_listen_endpoint")
-        for other_key, other in taken.items():
+        for other_key, other in taken.get(listen.port, ()):
             if _overlaps(listen, other):
                 raise ConfigError(f"{where}local_listen_endpoint: port {listen.port} is already used by {other_key}")
-        taken[where + "local_listen_endpoint"] = listen
+        taken.setdefault(listen.port, []).append((where + "local_listen_endpoint", listen))
         nickname = table.get("nickname", "")
         if not isinstance(nickname, str):
             raise ConfigError(f"{where}nickname: expected a string")
@@ -235,9 +237,6 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         tls = TlsConfig(paths["cert"], paths["key"], paths.get("client_ca"))
     client_crl = _file(data["client_crl"], path, "client_crl") if "client_crl" in data else None
 
-    max_streams = data.get("max_streams_per_agent", 10000)
-    if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
-        raise ConfigError(f"max_streams_per_agent: expected a positive integer, got {max_streams!r}")
 
     return ServerConfig(
         path=path,
@@ -248,13 +247,22 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         ping_interval=_number(data, "ping_interval_seconds", 8.0, "", minimum=0.1),
         ping_timeout=_number(data, "ping_timeout_seconds", 10.0, "", minimum=0.1),
         handshake_timeout=_number(data, "handshake_timeout_seconds", 10.0, "", minimum=0.1),
-        max_streams_per_agent=max_streams,
+        max_streams_per_agent=_integer(data, "max_streams_per_agent", 10000, minimum=1),
         resume_seconds=_number(data, "resume_seconds", 60.0, ""),
         receive_budget=_mib(_number(data, "receive_budget_mib", 16.0, "", minimum=0.0625), "receive_budget_mib"),
         trusted_proxies=tuple(str(p) for p in proxies),
         tls=tls,
         client_crl=client_crl,
+        metrics_per_service_limit=_integer(data, "metrics_per_service_limit", 100, minimum=0),
     )
+
+
+def _integer(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{key}: expected {kind}, got {value!r}")
+    return value
 
 
 def _mib(value: float, where: str) -> int:

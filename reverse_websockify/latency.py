@@ -8,6 +8,7 @@ start-up never imports prometheus_client.
 from __future__ import annotations
 
 import bisect
+from typing import Sequence
 
 # Seconds from a user's accept to the agent's local connect: loopback is
 # milliseconds, a cellular round trip 0.1-2 s, a dial timeout 10 s.
@@ -25,11 +26,12 @@ class LatencyHistogram:
         self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.total += seconds
 
-    def cumulative(self) -> list[tuple[str, int]]:
-        """(upper bound, cumulative count) pairs, Prometheus style, ending with +Inf."""
-        running = 0
-        result = []
-        for bound, n in zip([*map(str, BUCKETS), "+Inf"], self.counts):
-            running += n
-            result.append((bound, running))
-        return result
+
+def cumulative(counts: Sequence[int]) -> list[tuple[str, int]]:
+    """(upper bound, cumulative count) pairs, Prometheus style, ending with +Inf."""
+    running = 0
+    result = []
+    for bound, n in zip([*map(str, BUCKETS), "+Inf"], counts):
+        running += n
+        result.append((bound, running))
+    return result

@@ -1,96 +1,171 @@
 """GET /metrics: Prometheus text format through prometheus_client, read from the services at scrape time.
 
 Nothing is counted twice: the relay already keeps per-tunnel byte and stream
-counters (for the status page), so a custom collector reads them when
-scraped instead of updating metric objects on the hot path.
+counters (for the status page), so a scrape reads them (``read``, on the event
+loop, cheap) and formats them (``render``, in a worker thread: megabytes of
+text for a large fleet must not hold the loop).
+
+Series per service are what a small deployment wants and what a fleet of
+thousands cannot afford (17 MB a scrape at 8,000 agents), so they are given
+while the server has at most ``metrics_per_service_limit`` services and on
+request (``?per_service=1``, or ``?service=ID`` repeated for a few). Otherwise the
+same metric names come without the ``service`` label, summed over the fleet:
+``sum(rate(reverse_websockify_bytes_total[5m]))`` reads the same either way.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .latency import BUCKETS, cumulative
 from .reasons import StreamFailure
 
 if TYPE_CHECKING:
     from .service import Service
 
 PREFIX = "reverse_websockify"
+_REASONS = tuple(StreamFailure)  # iterating an Enum class is slow; 8,000 services do it at every scrape
+_NO_FAILURES = (0,) * len(_REASONS)
 
 
-class ServiceCollector(Collector):
-    def __init__(self, services: Iterable[Service]) -> None:
-        self.services = list(services)
+@dataclass(frozen=True)
+class ServiceReading:
+    """One service's numbers at scrape time: plain values, safe to format off the event loop."""
 
-    def collect(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily(f"{PREFIX}_build_info", "reverse_websockify version", labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
-        relayed = CounterMetricFamily(f"{PREFIX}_bytes", "Payload bytes relayed, by direction",
-                                      labels=["service", "direction"])
-        opened = CounterMetricFamily(f"{PREFIX}_streams_opened", "User connections given a stream",
-                                     labels=["service"])
-        failed = CounterMetricFamily(f"{PREFIX}_streams_failed",
-                                     "User connections that never reached the service, by reason",
-                                     labels=["service", "reason"])
-        connects = CounterMetricFamily(f"{PREFIX}_agent_connects", "Agent WebSocket sessions started",
-                                       labels=["service"])
-        disconnects = CounterMetricFamily(f"{PREFIX}_agent_disconnects", "Agent WebSocket sessions ended",
-                                          labels=["service"])
-        online = GaugeMetricFamily(f"{PREFIX}_agent_online", "1 while an agent is attached", labels=["service"])
-        active = GaugeMetricFamily(f"{PREFIX}_active_streams", "Open user connections (incl. waiting for an agent)",
-                                   labels=["service"])
-        resumed = CounterMetricFamily(f"{PREFIX}_sessions_resumed", "Agent sessions carried over to a new WebSocket",
-                                      labels=["service"])
-        expired = CounterMetricFamily(f"{PREFIX}_sessions_expired",
-                                      "Detached agent sessions given up after resume_seconds", labels=["service"])
-        carried = CounterMetricFamily(f"{PREFIX}_streams_resumed", "Streams carried over a lost link",
-                                      labels=["service"])
-        retransmitted = CounterMetricFamily(f"{PREFIX}_bytes_retransmitted",
-                                            "Payload bytes sent again after a lost link", labels=["service"])
-        detached = GaugeMetricFamily(f"{PREFIX}_session_detached",
-                                     "1 while the agent's session waits for it to resume", labels=["service"])
-        refusals = CounterMetricFamily(f"{PREFIX}_agent_refusals",
-                                       "Agents refused at attach (token, certificate binding, revoked), by reason",
-                                       labels=["service", "reason"])
-        identity = GaugeMetricFamily(f"{PREFIX}_agent_identity_info",
-                                     "The certificate names the service's agent presented (1 while it has a session)",
-                                     labels=["service", "identity"])
-        latency = HistogramMetricFamily(f"{PREFIX}_stream_open_seconds",
-                                        "From a user's accept to the agent's connect to the local service",
-                                        labels=["service"])
-        for service in self.services:
-            sid = service.service_id
-            snap = service.snapshot()
-            relayed.add_metric([sid, "to_service"], snap["bytes_to_service"])
-            relayed.add_metric([sid, "from_service"], snap["bytes_from_service"])
-            opened.add_metric([sid], snap["streams_opened_total"])
-            for reason in StreamFailure:
-                failed.add_metric([sid, reason.value], service.stats.failures.get(reason, 0))
-            connects.add_metric([sid], service.agent_connects)
-            disconnects.add_metric([sid], service.agent_disconnects)
-            online.add_metric([sid], 1 if snap["connected"] else 0)
-            active.add_metric([sid], snap["client_connection_count"])
-            stats = service.stats
-            resumed.add_metric([sid], stats.sessions_resumed)
-            expired.add_metric([sid], stats.sessions_expired)
-            carried.add_metric([sid], stats.streams_resumed)
-            retransmitted.add_metric([sid], stats.bytes_retransmitted)
-            detached.add_metric([sid], 1 if service.detached is not None else 0)
-            latency.add_metric([sid], stats.latency.cumulative(), sum_value=stats.latency.total)
-            for reason, count in stats.refusals.items():
-                refusals.add_metric([sid, reason], count)
-            if snap["agent_identity"]:
-                identity.add_metric([sid, snap["agent_identity"]], 1)
-        yield from (relayed, opened, failed, connects, disconnects, online, active, resumed, expired, carried,
-                    retransmitted, detached, refusals, identity, latency)
+    service_id: str
+    bytes_to_service: int
+    bytes_from_service: int
+    streams_opened: int
+    failures: tuple[int, ...]  # by StreamFailure, in its order
+    agent_connects: int
+    agent_disconnects: int
+    online: bool
+    active_streams: int
+    sessions_resumed: int
+    sessions_expired: int
+    streams_resumed: int
+    bytes_retransmitted: int
+    detached: bool
+    refusals: tuple[tuple[str, int], ...]
+    identity: str | None
+    latency_counts: tuple[int, ...]  # per bucket, the last is +Inf
+    latency_total: float
 
 
-def render_metrics(services: Iterable[Service]) -> tuple[bytes, str]:
+def read(service: Service) -> ServiceReading:
+    snap = service.snapshot()
+    stats = service.stats
+    return ServiceReading(
+        service.service_id, snap["bytes_to_service"], snap["bytes_from_service"], snap["streams_opened_total"],
+        tuple(stats.failures.get(reason, 0) for reason in _REASONS) if stats.failures else _NO_FAILURES,
+        service.agent_connects, service.agent_disconnects, bool(snap["connected"]), snap["client_connection_count"],
+        stats.sessions_resumed, stats.sessions_expired, stats.streams_resumed, stats.bytes_retransmitted,
+        service.detached is not None, tuple(stats.refusals.items()), snap["agent_identity"],
+        tuple(stats.latency.counts), stats.latency.total)
+
+
+class _Family:
+    """Values by label tuple; with ``per_service`` off, the service label is dropped and values summed."""
+
+    def __init__(self, metric: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,
+                 labels: Sequence[str], per_service: bool) -> None:
+        self.per_service = per_service
+        self.metric = metric(name, documentation, labels=(["service"] if per_service else []) + list(labels))
+        self.values: defaultdict[tuple[str, ...], float] = defaultdict(float)
+
+    def add(self, service_id: str, labels: Sequence[str], value: float) -> None:
+        self.values[(service_id, *labels) if self.per_service else tuple(labels)] += value
+
+    def done(self) -> Metric:
+        for labels, value in self.values.items():
+            self.metric.add_metric(list(labels), value)
+        return self.metric
+
+
+def families(readings: Sequence[ServiceReading], per_service: bool, services: int) -> Iterator[Metric]:
+    info = GaugeMetricFamily(f"{PREFIX}_build_info", "reverse_websockify version", labels=["version"])
+    info.add_metric([__version__], 1)
+    yield info
+    configured = GaugeMetricFamily(f"{PREFIX}_services", "Services in the running config")
+    configured.add_metric([], services)
+    yield configured
+
+    def family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,
+               *labels: str) -> _Family:
+        return _Family(kind, f"{PREFIX}_{name}", documentation, labels, per_service)
+
+    counter, gauge = CounterMetricFamily, GaugeMetricFamily
+    relayed = family(counter, "bytes", "Payload bytes relayed, by direction", "direction")
+    opened = family(counter, "streams_opened", "User connections given a stream")
+    failed = family(counter, "streams_failed", "User connections that never reached the service, by reason", "reason")
+    connects = family(counter, "agent_connects", "Agent WebSocket sessions started")
+    disconnects = family(counter, "agent_disconnects", "Agent WebSocket sessions ended")
+    online = family(gauge, "agent_online", "Services with an agent attached (1 or 0 per service)")
+    active = family(gauge, "active_streams", "Open user connections (incl. waiting for an agent)")
+    resumed = family(counter, "sessions_resumed", "Agent sessions carried over to a new WebSocket")
+    expired = family(counter, "sessions_expired", "Detached agent sessions given up after resume_seconds")
+    carried = family(counter, "streams_resumed", "Streams carried over a lost link")
+    retransmitted = family(counter, "bytes_retransmitted", "Payload bytes sent again after a lost link")
+    detached = family(gauge, "session_detached", "Agent sessions waiting for their agent to resume them")
+    refusals = family(counter, "agent_refusals",
+                      "Agents refused at attach (token, certificate binding, revoked), by reason", "reason")
+    identity = GaugeMetricFamily(f"{PREFIX}_agent_identity_info",
+                                 "The certificate names the service's agent presented (1 while it has a session)",
+                                 labels=["service", "identity"])
+    latency: dict[tuple[str, ...], list[float]] = {}  # bucket counts, then the sum of seconds
+    for r in readings:
+        sid = r.service_id
+        relayed.add(sid, ["to_service"], r.bytes_to_service)
+        relayed.add(sid, ["from_service"], r.bytes_from_service)
+        opened.add(sid, [], r.streams_opened)
+        for reason, count in zip(_REASONS, r.failures):
+            failed.add(sid, [reason.value], count)
+        connects.add(sid, [], r.agent_connects)
+        disconnects.add(sid, [], r.agent_disconnects)
+        online.add(sid, [], r.online)
+        active.add(sid, [], r.active_streams)
+        resumed.add(sid, [], r.sessions_resumed)
+        expired.add(sid, [], r.sessions_expired)
+        carried.add(sid, [], r.streams_resumed)
+        retransmitted.add(sid, [], r.bytes_retransmitted)
+        detached.add(sid, [], r.detached)
+        for reason, count in r.refusals:
+            refusals.add(sid, [reason], count)
+        if per_service and r.identity:
+            identity.add_metric([sid, r.identity], 1)
+        sums = latency.setdefault((sid,) if per_service else (), [0] * (len(BUCKETS) + 2))
+        for i, n in enumerate((*r.latency_counts, r.latency_total)):
+            sums[i] += n
+    for f in (relayed, opened, failed, connects, disconnects, online, active, resumed, expired, carried,
+              retransmitted, detached, refusals):
+        yield f.done()
+    if per_service:
+        yield identity
+    histogram = HistogramMetricFamily(f"{PREFIX}_stream_open_seconds",
+                                      "From a user's accept to the agent's connect to the local service",
+                                      labels=["service"] if per_service else [])
+    for labels, sums in latency.items():
+        histogram.add_metric(list(labels), cumulative([int(n) for n in sums[:-1]]), sum_value=sums[-1])
+    yield histogram
+
+
+class _Readings(Collector):
+    def __init__(self, readings: Sequence[ServiceReading], per_service: bool, services: int) -> None:
+        self.args = (readings, per_service, services)
+
+    def collect(self) -> Iterable[Metric]:
+        return families(*self.args)
+
+
+def render(readings: Sequence[ServiceReading], per_service: bool, services: int) -> tuple[bytes, str]:
+    """The exposition text; pure, so it may run in a worker thread."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(services))
+    registry.register(_Readings(readings, per_service, services))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -20,7 +20,7 @@ from websockets.asyncio.server import Server, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from . import __version__, status
+from . import __version__
 from .authentication import Credentials, check, still_allowed
 from .config import ConfigError, ServerConfig, load
 from .fdlimit import FdWatch, raise_soft_limit
@@ -39,6 +39,8 @@ from .protocol import (
     VERSIONS,
     Hello,
 )
+from .pacing import paced
+from .reports import Reports
 from .revocation import RevocationListError, load_revocation_list
 from .service import Service
 from .signals import on_stop_signals
@@ -80,6 +82,7 @@ class RendezvousServer:
         self._certificates_seen = config.tls is not None and config.tls.client_ca is not None
         self._warned_unguarded: set[str] = set()
         self._stopping = asyncio.Event()
+        self.reports = Reports(lambda: self.services.values(), lambda: self.config.metrics_per_service_limit)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -125,17 +128,14 @@ class RendezvousServer:
 
         Added services start listening, removed ones stop (their agents and users
         are closed), unchanged ones keep their agents and streams. A broken file
-        changes nothing.
+        changes nothing. Files are read and parsed in a worker thread and the
+        fleet is walked in slices, so that a reload of 8,000 services does not
+        hold the relay.
         """
         try:
-            new = load(self.config.path)
-        except ConfigError as exc:
-            log.error("reload failed, keeping the running config: %s", exc)
-            return
-        try:
-            revoked = load_revocation_list(new.client_crl, f"{new.path}: client_crl")
-            tls_context = self._ssl_context(new) if (new.tls is None) == (self.config.tls is None) else self._tls_context
-        except (RevocationListError, TlsSetupError) as exc:
+            new = await asyncio.to_thread(load, self.config.path)
+            revoked, tls_context = await asyncio.to_thread(self._security, new)
+        except (ConfigError, RevocationListError, TlsSetupError) as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             return
         for key in ("http", "ping_interval", "ping_timeout", "handshake_timeout", "resume_seconds"):
@@ -145,10 +145,13 @@ class RendezvousServer:
             log.warning("reload: [tls] added or removed; that takes effect only after a restart")
         old_services = self.services
         kept: dict[str, Service] = {}
-        for sid, service in old_services.items():
+        changed: list[Service] = []
+        async for sid, service in paced(old_services.items()):
             wanted = new.services.get(sid)
             if wanted is not None and wanted.listen == service.config.listen:
-                service.config = wanted  # nickname or token may change in place
+                if wanted != service.config:
+                    service.config = wanted  # nickname, token or binding may change in place
+                    changed.append(service)
                 service.server_config = new
                 kept[sid] = service
         removed = [s for sid, s in old_services.items() if sid not in kept]
@@ -169,19 +172,26 @@ class RendezvousServer:
         self.services = {sid: kept[sid] for sid in new.services if sid in kept}
         self.config = new
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in new.trusted_proxies]
+        crl_changed = revoked != self.revoked
         self.revoked = revoked
         self._tls_context = tls_context
         self._certificates_seen |= new.tls is not None and new.tls.client_ca is not None
-        log.info("reloaded %s: %d services; added %s; removed %s%s", new.path, len(self.services),
+        log.info("reloaded %s: %d services; added %s; removed %s; changed %s%s", new.path, len(self.services),
                  ", ".join(added) or "none", ", ".join(s.service_id for s in removed) or "none",
-                 f"; client_crl: {len(revoked)} revoked certificates" if new.client_crl else "")
-        for service in self.services.values():
+                 len(changed), f"; client_crl: {len(revoked)} revoked certificates" if new.client_crl else "")
+        async for service in paced(self.services.values() if crl_changed else changed):
             if service.tunnel is not None and not service.tunnel.closed:
                 why = still_allowed(service.config, service.agent_identity, revoked)
                 if why is not None:
                     await service.cut_off(why)
         self._warned_unguarded.clear()
         self._warn_unguarded()
+
+    def _security(self, config: ServerConfig) -> tuple[Any, Any]:
+        """The CRL and TLS context of a new config (files: read off the event loop)."""
+        revoked = load_revocation_list(config.client_crl, f"{config.path}: client_crl")
+        same_mode = (config.tls is None) == (self.config.tls is None)
+        return revoked, self._ssl_context(config) if same_mode else self._tls_context
 
     def _warn_unguarded(self) -> None:
         """Once client certificates are in play, name the services any certificate of the CA may take over."""
@@ -257,9 +267,6 @@ class RendezvousServer:
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {sid: service.snapshot() for sid, service in self.services.items()}
-
     def _client_address(self, connection: DirectServerConnection, request: Request) -> str:
         """The agent's address: the direct peer, or X-Real-Ip when that peer is a trusted proxy."""
         peer = connection.remote_address
@@ -278,17 +285,13 @@ class RendezvousServer:
         return (SUBPROTOCOL_V2, SUBPROTOCOL) if self.config.resume_seconds > 0 else (SUBPROTOCOL,)
 
     async def _route(self, connection: DirectServerConnection, request: Request) -> Response | None:
-        path = unquote(urlsplit(request.path).path)
-        if path == "/":
-            snapshot = self.snapshot()
-            if "text/html" in request.headers.get("Accept", ""):
-                return _response(HTTPStatus.OK, status.render_html(snapshot), "text/html; charset=utf-8")
-            return _response(HTTPStatus.OK, status.render_json(snapshot), "application/json")
+        url = urlsplit(request.path)
+        path = unquote(url.path)
+        if path in ("/", "/services"):
+            return _response(*await self.reports.status(url.query, request.headers.get("Accept", ""),
+                                                        envelope=path == "/services"))
         if path == "/metrics":
-            from .metrics import render_metrics  # prometheus_client is imported on first scrape only
-
-            body, content_type = render_metrics(self.services.values())
-            return _response(HTTPStatus.OK, body, content_type)
+            return _response(*await self.reports.metrics(url.query))
         if path == "/healthz":
             return _response(HTTPStatus.OK, "ok\n")
         if path.startswith("/ready/"):

@@ -3,18 +3,118 @@
 Rendering lives apart from the server so that it stays a pure function of a
 snapshot; every value is escaped, since IDs and nicknames come from a file and
 agent versions from the network.
+
+A fleet of thousands needs to find one bus and page through the rest, so every
+view takes the same query (``?state=offline&q=bus1&offset=100&limit=100``,
+``?service=ID`` repeated). The JSON at ``/`` keeps its shape (ID -> entry), only
+filtered; ``/services`` wraps a page with the counts a script needs to page;
+the HTML view shows 100 rows unless asked for more.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
+from urllib.parse import parse_qs, urlencode
+
+STATES = ("online", "reconnecting", "offline")
+HTML_PAGE_ROWS = 100
 
 
-def render_json(snapshot: Mapping[str, Mapping[str, Any]]) -> bytes:
-    return json.dumps(snapshot, indent=2, sort_keys=False).encode() + b"\n"
+class StatusQueryError(ValueError):
+    """A query the status page cannot answer; the text is the one-line 400 body."""
+
+
+@dataclass(frozen=True)
+class StatusQuery:
+    state: str | None = None  # one of STATES
+    text: str = ""  # a case-insensitive substring of the ID or the nickname
+    services: tuple[str, ...] = ()  # exact IDs
+    offset: int = 0
+    limit: int | None = None  # None: all
+
+    @property
+    def filtered(self) -> bool:
+        return self != StatusQuery()
+
+    @classmethod
+    def parse(cls, query_string: str, default_limit: int | None = None) -> StatusQuery:
+        try:
+            fields = parse_qs(query_string, keep_blank_values=True, strict_parsing=False, max_num_fields=1000)
+        except ValueError as exc:
+            raise StatusQueryError(f"bad query string: {exc}") from None
+        unknown = sorted(set(fields) - {"state", "q", "service", "offset", "limit"})
+        if unknown:
+            raise StatusQueryError(f"unknown query parameter {unknown[0][:50]!r} (allowed: state, q, service, offset, "
+                                   "limit)")
+        state = fields.get("state", [""])[-1] or None
+        if state is not None and state not in STATES:
+            raise StatusQueryError(f"state: expected one of {', '.join(STATES)}, got {state[:50]!r}")
+        return cls(state, fields.get("q", [""])[-1], tuple(fields.get("service", ())),
+                   _count(fields, "offset", 0), _count(fields, "limit", default_limit))
+
+    def to_query_string(self, **changes: Any) -> str:
+        values = {"state": self.state, "q": self.text, "service": list(self.services), "offset": self.offset,
+                  "limit": self.limit, **changes}
+        return urlencode({k: v for k, v in values.items() if v not in (None, "", [], 0)}, doseq=True)
+
+
+def _count(fields: Mapping[str, list[str]], name: str, default: int | None) -> int | None:
+    if name not in fields:
+        return default
+    text = fields[name][-1]
+    if not text.isdigit() or len(text) > 9:
+        raise StatusQueryError(f"{name}: expected a whole number, got {text[:50]!r}")
+    return int(text)
+
+
+def state_of(entry: Mapping[str, Any]) -> str:
+    if entry.get("connected"):
+        return "online"
+    return "reconnecting" if entry.get("reconnecting_since") else "offline"
+
+
+def select(snapshot: Mapping[str, Mapping[str, Any]], query: StatusQuery) -> tuple[dict[str, Mapping[str, Any]], int]:
+    """The page the query asks for, and how many services matched before paging."""
+    wanted = set(query.services)
+    text = query.text.casefold()
+    matched = [
+        (sid, entry) for sid, entry in snapshot.items()
+        if (not wanted or sid in wanted)
+        and (query.state is None or state_of(entry) == query.state)
+        and (not text or text in sid.casefold() or text in str(entry.get("nickname") or "").casefold())
+    ]
+    end = None if query.limit is None else query.offset + query.limit
+    return dict(matched[query.offset:end]), len(matched)
+
+
+def summarize(snapshot: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Fleet totals: what a person or a dashboard reads first."""
+    totals = {"services": len(snapshot), **{state: 0 for state in STATES}, "active_streams": 0,
+              "bytes_to_service": 0, "bytes_from_service": 0}
+    for entry in snapshot.values():
+        totals[state_of(entry)] += 1
+        totals["active_streams"] += int(entry.get("client_connection_count") or 0)
+        totals["bytes_to_service"] += int(entry.get("bytes_to_service") or 0)
+        totals["bytes_from_service"] += int(entry.get("bytes_from_service") or 0)
+    return totals
+
+
+def render_json(snapshot: Mapping[str, Mapping[str, Any]], query: StatusQuery = StatusQuery()) -> bytes:
+    """``/``: the original document (ID -> entry), filtered and paged when asked."""
+    page = select(snapshot, query)[0] if query.filtered else snapshot
+    return json.dumps(page, indent=2, sort_keys=False).encode() + b"\n"
+
+
+def render_page_json(snapshot: Mapping[str, Mapping[str, Any]], query: StatusQuery) -> bytes:
+    """``/services``: one page with the counts to fetch the next (``matched``) and the fleet's totals."""
+    page, matched = select(snapshot, query)
+    document = {"summary": summarize(snapshot), "matched": matched, "offset": query.offset, "limit": query.limit,
+                "services": page}
+    return json.dumps(document, indent=2, sort_keys=False).encode() + b"\n"
 
 
 def _human_bytes(n: int) -> str:
@@ -42,7 +142,7 @@ def _human_duration(seconds: float) -> str:
 
 def _state(s: Mapping[str, Any], now: datetime) -> tuple[str, str]:
     """('online'|'reconnecting'|'offline', 'for 3h 2m')."""
-    if s.get("connected"):
+    if state_of(s) == "online":
         return "online", f"for {_human_duration(s.get('connected_for_seconds') or 0)}"
     since = s.get("reconnecting_since")
     if since:
@@ -68,15 +168,20 @@ _COLUMNS = (
 )
 
 
-def render_html(snapshot: Mapping[str, Mapping[str, Any]], *, refresh_seconds: int = 5) -> bytes:
-    """A self-contained page (no external assets: the intranet has no internet) that refreshes itself."""
+def render_html(snapshot: Mapping[str, Mapping[str, Any]], *, refresh_seconds: int = 5,
+                query: StatusQuery | None = None) -> bytes:
+    """A self-contained page (no external assets: the intranet has no internet) that refreshes itself.
+
+    The totals are the whole fleet's; the table is the query's page (100 rows by default).
+    """
+    query = query or StatusQuery(limit=HTML_PAGE_ROWS)
     now = datetime.now(timezone.utc)
-    online = sum(1 for s in snapshot.values() if s.get("connected"))
-    streams = sum(int(s.get("client_connection_count") or 0) for s in snapshot.values())
-    to_service = sum(int(s.get("bytes_to_service") or 0) for s in snapshot.values())
-    from_service = sum(int(s.get("bytes_from_service") or 0) for s in snapshot.values())
+    totals = summarize(snapshot)
+    online, streams = totals["online"], totals["active_streams"]
+    to_service, from_service = totals["bytes_to_service"], totals["bytes_from_service"]
+    page, matched = select(snapshot, query)
     rows = []
-    for service_id, s in snapshot.items():
+    for service_id, s in page.items():
         state, how_long = _state(s, now)
         cells = [
             s.get("nickname") or "",
@@ -107,7 +212,7 @@ def render_html(snapshot: Mapping[str, Mapping[str, Any]], *, refresh_seconds: i
 <title>reverse_websockify: {online}/{len(snapshot)} online</title>
 <style>
 body{{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;color:#222;background:#fafafa}}
-h1{{font-size:1.4em;margin:0 0 .3em}} .totals{{margin:.2em 0 1em;color:#444}}
+h1{{font-size:1.4em;margin:0 0 .3em}} form{{margin:0 0 .8em}} form *{{margin-right:.4em}} .totals{{margin:.2em 0 1em;color:#444}}
 .totals b{{color:#000}}
 table{{border-collapse:collapse;background:#fff;font-size:.92em}}
 th,td{{border:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}}
@@ -121,6 +226,7 @@ footer{{margin-top:1em;color:#777;font-size:.85em}}
 <p class="totals" id="totals"><b>{online}</b> of <b>{len(snapshot)}</b> services online &middot;
 <b>{streams}</b> active streams &middot; <b>{html.escape(_human_bytes(to_service))}</b> to services &middot;
 <b>{html.escape(_human_bytes(from_service))}</b> from services</p>
+{_filter_form(query, matched, len(page))}
 <table><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(rows)}
 </tbody></table>
@@ -129,3 +235,21 @@ footer{{margin-top:1em;color:#777;font-size:.85em}}
 </body></html>
 """
     return page.encode()
+
+
+def _filter_form(query: StatusQuery, matched: int, shown: int) -> str:
+    """The filter (state, text) and the pager, as plain links and a GET form: no script."""
+    options = "".join(f'<option value="{state}"{" selected" if query.state == state else ""}>{state or "any"}</option>'
+                      for state in ("", *STATES))
+    limit = query.limit if query.limit is not None else matched
+    links = []
+    if query.offset > 0:
+        links.append(f'<a href="?{html.escape(query.to_query_string(offset=max(0, query.offset - limit)))}">'
+                     "&larr; previous</a>")
+    if query.offset + shown < matched:
+        links.append(f'<a href="?{html.escape(query.to_query_string(offset=query.offset + shown))}">next &rarr;</a>')
+    first = query.offset + 1 if shown else 0
+    return (f'<form method="get"><label>state <select name="state">{options}</select></label>'
+            f'<label>ID or nickname <input name="q" value="{html.escape(query.text)}" size="16"></label>'
+            f'<input type="hidden" name="limit" value="{limit}"><button>filter</button>'
+            f'<span id="shown">{first}&ndash;{query.offset + shown} of {matched}</span> {" ".join(links)}</form>')

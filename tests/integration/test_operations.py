@@ -32,8 +32,8 @@ def _get(deployment: Deployment, path: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def _metrics(deployment: Deployment) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, text = _get(deployment, "/metrics")
+def _metrics(deployment: Deployment, query: str = "") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = _get(deployment, f"/metrics{query}")
     assert status == 200
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -80,6 +80,43 @@ def test_metrics_count_real_traffic(deployment: Deployment, echo: Service) -> No
     assert m[("reverse_websockify_agent_online", bus)] == 0
     assert m[("reverse_websockify_agent_disconnects_total", bus)] == 1
     assert deployment.status()["BUS1"]["last_disconnect_reason"]
+
+
+def test_a_fleet_is_filtered_paged_and_summed(deployment: Deployment, echo: Service) -> None:
+    """121 services: the status pages page and filter, /metrics sums past metrics_per_service_limit."""
+    deployment.services.update({f"FLEET{i:03d}": free_port() for i in range(120)})
+    deployment.extra_config = "metrics_per_service_limit = 50"
+    deployment.write_config()
+    deployment.start_server()
+    deployment.start_agent("BUS1", echo.port)
+    payload = os.urandom(300_001)
+    assert sha256(transfer(deployment.services["BUS1"], payload)) == sha256(payload)
+
+    assert len(deployment.status()) == 121  # the original document: every service, ID -> entry
+    code, body = _get(deployment, "/services?state=online")
+    page = json.loads(body)
+    assert code == 200 and list(page["services"]) == ["BUS1"] and page["matched"] == 1
+    assert page["summary"]["services"] == 121 and page["summary"]["online"] == 1
+    assert page["services"]["BUS1"]["bytes_to_service"] == len(payload)
+    code, body = _get(deployment, "/?q=fleet11&limit=5")
+    assert code == 200 and list(json.loads(body)) == [f"FLEET11{i}" for i in range(5)]
+    assert _get(deployment, "/?state=asleep") == (400, "state: expected one of online, reconnecting, offline, "
+                                                       "got 'asleep'\n")
+    request = urllib.request.Request(f"{deployment.base_url}/", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        html_page = response.read().decode()
+    assert html_page.count('<tr class="service"') == 100 and "1&ndash;100 of 121" in html_page
+
+    fleet = _metrics(deployment)
+    assert fleet[("reverse_websockify_services", ())] == 121
+    assert fleet[("reverse_websockify_bytes_total", (("direction", "to_service"),))] == len(payload)
+    assert fleet[("reverse_websockify_agent_online", ())] == 1
+    assert not any(("service", "BUS1") in labels for _, labels in fleet)
+    one = _metrics(deployment, "?service=BUS1")
+    assert one[("reverse_websockify_bytes_total", (("direction", "from_service"), ("service", "BUS1")))] == len(payload)
+    assert {dict(labels).get("service") for _, labels in one} <= {"BUS1", None}
+    every = _metrics(deployment, "?per_service=1")
+    assert every[("reverse_websockify_agent_online", (("service", "FLEET119"),))] == 0
 
 
 def test_health_and_readiness(deployment: Deployment, echo: Service) -> None:

@@ -33,6 +33,7 @@ def test_sighup_reload(deployment: Deployment, echo: Service) -> None:
                                                                                  'nickname = "renamed"'))
     server.signal(signal.SIGHUP)
     server.wait_log("reloaded")
+    assert "added NEW; removed GONE; changed 1" in server.log()  # BUS1's nickname
     wait_for(lambda: _listening(deployment.services["NEW"]), 5, "the new service to listen")
     assert not _listening(gone_port)
     gone_agent.wait_log("service removed from the config")
@@ -42,6 +43,12 @@ def test_sighup_reload(deployment: Deployment, echo: Service) -> None:
     user.sendall(b"after")  # the unchanged service kept its agent and its stream
     assert user.recv(5) == b"after"
     deployment.start_agent("NEW", echo.port)
+
+    # Unchanged: nothing is touched, and the log says so.
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "added none; removed none; changed 0" in server.log(), 5, "the second reload")
+    user.sendall(b"same")
+    assert user.recv(4) == b"same"
 
     # A broken file keeps the running config and says why.
     deployment.config_path.write_text("http_server_endpoint = \n")

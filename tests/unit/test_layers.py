@@ -27,6 +27,7 @@ RANKS: dict[str, int] = {
     "allocator": 1,
     "fdlimit": 1,
     "signals": 1,
+    "pacing": 1,
     "status": 1,
     "stats": 2,
     "config": 2,
@@ -49,13 +50,14 @@ RANKS: dict[str, int] = {
     "service": 8,
     "admission": 9,
     "metrics": 9,
-    "server": 10,
+    "reports": 10,  # status and metrics read in slices, formatted off the loop
+    "server": 11,
     "agent": 10,
-    "cli.common": 11,
-    "cli.server": 12,
-    "cli.agent": 12,
-    "cli.__init__": 12,
-    "__main__": 13,
+    "cli.common": 12,
+    "cli.server": 13,
+    "cli.agent": 13,
+    "cli.__init__": 13,
+    "__main__": 14,
 }
 
 

@@ -1,0 +1,103 @@
+"""The operator's pages (status, metrics) for a fleet of thousands, without stalling anyone's tunnel.
+
+At 8,000 agents, reading every service and formatting megabytes of JSON or
+Prometheus text in one go held the event loop for up to 1.4 s per request, and
+with it every user of every tunnel. So the reading happens on the loop in
+slices with a yield between them (pacing.py; the values are plain counters,
+read where they live), and the formatting runs in a worker thread,
+where the interpreter's switch interval (5 ms) lets the loop back in. Requests
+that arrive while a reading is under way share it instead of starting another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, TypeVar
+from urllib.parse import parse_qs
+
+from . import status
+from .pacing import paced
+from .service import Service
+
+if TYPE_CHECKING:
+    from .metrics import ServiceReading
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def read_in_slices(items: Iterable[T], read: Callable[[T], R]) -> list[R]:
+    return [read(item) async for item in paced(items)]
+
+
+class Shared(Generic[T]):
+    """One reading at a time: callers that arrive while it runs get its result."""
+
+    def __init__(self, produce: Callable[[], Awaitable[T]]) -> None:
+        self._produce = produce
+        self._running: asyncio.Future[T] | None = None
+
+    async def get(self) -> T:
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._produce())
+            self._running.add_done_callback(self._finished)
+        return await asyncio.shield(self._running)
+
+    def _finished(self, future: asyncio.Future[T]) -> None:
+        self._running = None
+        if not future.cancelled():
+            future.exception()  # retrieved: a failed reading is reported to its callers, not as "never retrieved"
+
+
+Page = tuple[HTTPStatus, bytes, str]
+
+
+class Reports:
+    """``/``, ``/services`` and ``/metrics`` for the server's current services."""
+
+    def __init__(self, services: Callable[[], Iterable[Service]], per_service_limit: Callable[[], int]) -> None:
+        self._services = services
+        self._per_service_limit = per_service_limit
+        self._snapshots: Shared[dict[str, dict[str, Any]]] = Shared(self._read_snapshots)
+        self._readings: Shared[list[ServiceReading]] = Shared(self._read_metrics)
+
+    async def _read_snapshots(self) -> dict[str, dict[str, Any]]:
+        services = list(self._services())
+        snapshots = await read_in_slices(services, Service.snapshot)
+        return {service.service_id: snap for service, snap in zip(services, snapshots)}
+
+    async def _read_metrics(self) -> list[ServiceReading]:
+        from .metrics import read  # prometheus_client is imported on the first scrape, not at start
+
+        return await read_in_slices(self._services(), read)
+
+    async def status(self, query_string: str, accept: str, envelope: bool) -> Page:
+        """``/`` (the original document, or HTML for a browser) and ``/services`` (a page with counts)."""
+        as_html = not envelope and "text/html" in accept
+        try:
+            query = status.StatusQuery.parse(query_string, status.HTML_PAGE_ROWS if as_html else None)
+        except status.StatusQueryError as exc:
+            return HTTPStatus.BAD_REQUEST, f"{exc}\n".encode(), "text/plain; charset=utf-8"
+        snapshot = await self._snapshots.get()
+        if as_html:
+            body = await asyncio.to_thread(lambda: status.render_html(snapshot, query=query))
+            return HTTPStatus.OK, body, "text/html; charset=utf-8"
+        render = status.render_page_json if envelope else status.render_json
+        return HTTPStatus.OK, await asyncio.to_thread(render, snapshot, query), "application/json"
+
+    async def metrics(self, query_string: str) -> Page:
+        """Per-service series up to the configured number of services, or when asked; fleet sums otherwise."""
+        from .metrics import render
+
+        fields = parse_qs(query_string)
+        readings = await self._readings.get()
+        services = len(readings)
+        chosen = set(fields.get("service", ()))
+        if chosen:
+            readings = [r for r in readings if r.service_id in chosen]
+        switch = fields.get("per_service", [""])[-1]
+        per_service = bool(chosen) or (switch in ("1", "true", "yes") if switch
+                                       else services <= self._per_service_limit())
+        body, content_type = await asyncio.to_thread(render, readings, per_service, services)
+        return HTTPStatus.OK, body, content_type
