@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "signals": 1,
     "status": 1,
     "stats": 2,
+    "sharding": 1,  # which shard owns a service ID: the pure rule
     "config": 2,
     "tls": 3,
     "wsconnection": 2,  # websockets' internals
