@@ -51,6 +51,10 @@ RANKS: dict[str, int] = {
     "admission": 9,
     "metrics": 9,
     "server": 10,
+    # [shards]: the nginx map (pure), the merged status page, the --all-shards supervisor
+    "nginxmap": 3,
+    "merged_status": 11,
+    "supervisor": 11,
     "agent": 10,
     "cli.common": 11,
     "cli.server": 12,
