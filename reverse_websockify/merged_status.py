@@ -106,7 +106,8 @@ def merge_metrics(texts: list[tuple[int, str]]) -> str:
                 continue
             name, brace, rest = line.partition("{")
             if brace:
-                sample = f'{name}{{shard="{shard}",{rest}' if not rest.startswith("}") else f'{name}{{shard="{shard}"{rest}'
+                comma = "" if rest.startswith("}") else ","
+                sample = f'{name}{{shard="{shard}"{comma}{rest}'
             else:
                 metric, _, value = line.partition(" ")
                 sample = f'{metric}{{shard="{shard}"}} {value}'
@@ -143,7 +144,8 @@ class MergedStatus:
     async def _never(self, connection: Any) -> None:  # every request is answered by _route
         await connection.close()
 
-    async def shards(self, path: str = "/", accept: str = "application/json") -> list[tuple[int, bytes] | BaseException]:
+    async def shards(self, path: str = "/",
+                     accept: str = "application/json") -> list[tuple[int, bytes] | BaseException]:
         endpoints = self.config.shards.endpoints if self.config.shards else ()
         return await asyncio.gather(*(fetch(e, path, accept) for e in endpoints), return_exceptions=True)
 
@@ -196,10 +198,10 @@ class MergedStatus:
             return _response(HTTPStatus.OK, "ok\n")
         if path == "/metrics":
             answers = await self.shards("/metrics", "text/plain")
-            texts = [(i, a[1].decode("utf-8", "replace")) for i, a in enumerate(answers)
-                     if not isinstance(a, BaseException) and a[0] == 200]
-            up = "\n".join(f'reverse_websockify_shard_up{{shard="{i}"}} {0 if isinstance(a, BaseException) or a[0] != 200 else 1}'
-                           for i, a in enumerate(answers))
+            answered = [not isinstance(a, BaseException) and a[0] == 200 for a in answers]
+            texts = [(i, a[1].decode("utf-8", "replace")) for i, a in enumerate(answers)  # type: ignore[index]
+                     if answered[i]]
+            up = "\n".join(f'reverse_websockify_shard_up{{shard="{i}"}} {int(ok)}' for i, ok in enumerate(answered))
             head = "# HELP reverse_websockify_shard_up 1 when the shard answered this scrape\n" \
                    "# TYPE reverse_websockify_shard_up gauge\n"
             return _response(HTTPStatus.OK, head + up + "\n" + merge_metrics(texts),

@@ -69,7 +69,8 @@ class Supervisor:
                 code: int | None = None
             else:
                 self.processes[shard] = process
-                log.info("shard %d: started, pid %d, HTTP on %s", shard, process.pid, self.config.shards.endpoints[shard])
+                log.info("shard %d: started, pid %d, HTTP on %s", shard, process.pid,
+                         self.config.shards.endpoints[shard])
                 code = await process.wait()
                 self.processes.pop(shard, None)
             if self._stopping.is_set():

@@ -150,7 +150,8 @@ def _shards_main(config: Any, path: Path, args: Any, *, supervise: bool) -> Call
     from ..supervisor import Supervisor
 
     def shard_command(shard: int) -> list[str]:
-        program = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "reverse_websockify.cli.server"]
+        frozen = getattr(sys, "frozen", False)  # a single-file executable runs itself
+        program = [sys.executable] if frozen else [sys.executable, "-m", "reverse_websockify.cli.server"]
         return program + [str(path.resolve()), "--shard", str(shard), f"--log-level={args.log_level}",
                           f"--log-format={args.log_format}", f"--event-loop={args.event_loop}"]
 
