@@ -11,7 +11,7 @@ import ipaddress
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit
@@ -22,6 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .protocol import AGENT_PATH_PREFIX
+from .sharding import owner
 
 
 class ConfigError(Exception):
@@ -45,6 +46,7 @@ class ServiceConfig:
     token: str | None = field(default=None, repr=False)
     token_sha256: bytes | None = field(default=None, repr=False)  # sha256 of the token: no secret in the file
     agent_identity: str | None = None  # the client certificate's CN or DNS name that may attach (identity.py)
+    shard: int | None = None  # [shards]: the shard that owns this service, when not left to the hash (sharding.py)
 
     @property
     def guarded(self) -> bool:
@@ -57,6 +59,17 @@ class TlsConfig:
     cert: Path
     key: Path
     client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    """``[shards]``: one server process per endpoint; shard k is ``endpoints[k]``."""
+
+    endpoints: tuple[Endpoint, ...]
+    owners: Mapping[str, int]  # every configured service ID -> the shard that owns it (sharding.owner)
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,44 @@ class ServerConfig:
     tls: TlsConfig | None = None
     client_crl: Path | None = None  # revoked client certificates (revocation.py)
     metrics_per_service_limit: int = 100  # /metrics has per-service series up to this many services (metrics.py)
+    shards: ShardsConfig | None = None  # [shards]: the fleet is split over several server processes
+    shard: int | None = None  # set in the view of one shard (for_shard): which one this process is
+
+    def for_shard(self, shard: int | None) -> ServerConfig:
+        """What one process runs: the whole config (no [shards]), or shard ``shard``'s view of it.
+
+        A shard's view listens on its own ``shards.http_server_endpoints`` entry and holds only the
+        services it owns; ``shards`` still knows every owner, to tell a misdirected agent where to go.
+        """
+        if shard is None:
+            if self.shards is not None:
+                raise ConfigError("[shards] is set: run one shard (--shard K) or all of them (--all-shards)")
+            return self
+        if self.shards is None:
+            raise ConfigError(f"--shard {shard}: the config has no [shards] table")
+        if not 0 <= shard < len(self.shards):
+            raise ConfigError(f"--shard {shard}: not in 0..{len(self.shards) - 1} (shards.http_server_endpoints)")
+        owned = {sid: s for sid, s in self.services.items() if self.shards.owners[sid] == shard}
+        return replace(self, http=self.shards.endpoints[shard], services=owned, shard=shard)
+
+    def reload_view(self, running: ServerConfig) -> ServerConfig:
+        """This freshly loaded config as the process running ``running`` applies it at SIGHUP."""
+        old = running.shards.endpoints if running.shards else None
+        new = self.shards.endpoints if self.shards else None
+        if old != new:
+            raise ConfigError("[shards] added, removed or changed; that takes effect only after a restart of "
+                              "every shard (and a new nginx shard map)")
+        return self.for_shard(running.shard)
+
+    def misdirected(self, service_id: str) -> str | None:
+        """For a shard: why an agent for ``service_id`` must go to another shard (None: it need not)."""
+        if self.shards is None or self.shard is None:
+            return None
+        other = self.shards.owners.get(service_id)
+        if other is None or other == self.shard:
+            return None
+        return (f"service {service_id} belongs to shard {other} ({self.shards.endpoints[other]}), this is shard "
+                f"{self.shard}: nginx's shard map is out of date (reverse_websockify_server --nginx-shard-map)")
 
 
 # Example config shipped inside the package: `reverse_websockify_server --example-config`.
@@ -107,8 +158,10 @@ _TOP_KEYS = {
     "tls",
     "client_crl",
     "metrics_per_service_limit",
+    "shards",
 }
-_SERVICE_KEYS = {"nickname", "local_listen_endpoint", "token", "token_sha256", "agent_identity"}
+_SERVICE_KEYS = {"nickname", "local_listen_endpoint", "token", "token_sha256", "agent_identity", "shard"}
+_SHARDS_KEYS = {"http_server_endpoints"}
 _TLS_KEYS = {"cert", "key", "client_ca"}
 
 
@@ -183,7 +236,10 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
     if not isinstance(services_raw, dict):
         raise ConfigError("remote_service: expected tables like [remote_service.<ID>]")
     services: dict[str, ServiceConfig] = {}
-    taken: dict[int, list[tuple[str, Endpoint]]] = {http.port: [("http_server_endpoint", http)]}  # by port: O(n)
+    taken: dict[int, list[tuple[str, Endpoint]]] = {}  # by port: one pass, not every pair
+    _claim(taken, "http_server_endpoint", http)
+    shard_endpoints = _shard_endpoints(data, taken)
+    shards_explicit: dict[str, int | None] = {}
     for service_id, table in services_raw.items():
         where = f"remote_service.{service_id}."
         if not _ID.fullmatch(service_id):
@@ -194,10 +250,7 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         if "local_listen_endpoint" not in table:
             raise ConfigError(f"{where}local_listen_endpoint: missing (e.g. \"0.0.0.0:39034\")")
         listen = parse_endpoint(table["local_listen_endpoint"], where + "local_listen_endpoint")
-        for other_key, other in taken.get(listen.port, ()):
-            if _overlaps(listen, other):
-                raise ConfigError(f"{where}local_listen_endpoint: port {listen.port} is already used by {other_key}")
-        taken.setdefault(listen.port, []).append((where + "local_listen_endpoint", listen))
+        _claim(taken, where + "local_listen_endpoint", listen)
         nickname = table.get("nickname", "")
         if not isinstance(nickname, str):
             raise ConfigError(f"{where}nickname: expected a string")
@@ -211,7 +264,13 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         if identity is not None and not _is_identity(identity):
             raise ConfigError(f"{where}agent_identity: expected the exact CN or DNS name of the agent's "
                               f"certificate (no wildcard, no surrounding spaces), got {identity!r}")
-        services[service_id] = ServiceConfig(service_id, nickname, listen, token, token_sha256, identity)
+        shard = _service_shard(table, where, shard_endpoints)
+        shards_explicit[service_id] = shard
+        services[service_id] = ServiceConfig(service_id, nickname, listen, token, token_sha256, identity, shard)
+    shards = None
+    if shard_endpoints is not None:
+        shards = ShardsConfig(shard_endpoints, {sid: owner(sid, len(shard_endpoints), explicit)
+                                                for sid, explicit in shards_explicit.items()})
 
     proxies = data.get("trusted_proxies", ["127.0.0.0/8", "::1/128"])
     if not isinstance(proxies, list):
@@ -237,7 +296,6 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         tls = TlsConfig(paths["cert"], paths["key"], paths.get("client_ca"))
     client_crl = _file(data["client_crl"], path, "client_crl") if "client_crl" in data else None
 
-
     return ServerConfig(
         path=path,
         http=http,
@@ -254,6 +312,7 @@ def _build(path: Path, data: Mapping[str, Any]) -> ServerConfig:
         tls=tls,
         client_crl=client_crl,
         metrics_per_service_limit=_integer(data, "metrics_per_service_limit", 100, minimum=0),
+        shards=shards,
     )
 
 
@@ -262,6 +321,47 @@ def _integer(data: Mapping[str, Any], key: str, default: int, minimum: int) -> i
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"{key}: expected {kind}, got {value!r}")
+    return value
+
+
+def _claim(taken: dict[int, list[tuple[str, Endpoint]]], key: str, endpoint: Endpoint) -> None:
+    """Record that ``key`` listens on ``endpoint``, unless something already does."""
+    for other_key, other in taken.get(endpoint.port, ()):
+        if _overlaps(endpoint, other):
+            raise ConfigError(f"{key}: port {endpoint.port} is already used by {other_key}")
+    taken.setdefault(endpoint.port, []).append((key, endpoint))
+
+
+def _shard_endpoints(data: Mapping[str, Any], taken: dict[int, list[tuple[str, Endpoint]]]) -> tuple[Endpoint, ...] | None:
+    """``[shards] http_server_endpoints``: one HTTP endpoint per shard, none shared with anything else."""
+    if "shards" not in data:
+        return None
+    table = data["shards"]
+    if not isinstance(table, dict):
+        raise ConfigError("shards: expected a table: [shards] http_server_endpoints = [\"127.0.0.1:39001\", ...]")
+    _unknown(table, _SHARDS_KEYS, "shards.")
+    raw = table.get("http_server_endpoints")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("shards.http_server_endpoints: expected a non-empty list of \"HOST:PORT\", one per shard "
+                          f"(e.g. [\"127.0.0.1:39001\", \"127.0.0.1:39002\"]), got {raw!r}")
+    endpoints = []
+    for index, text in enumerate(raw):
+        where = f"shards.http_server_endpoints[{index}]"
+        endpoint = parse_endpoint(text, where)
+        _claim(taken, where, endpoint)
+        endpoints.append(endpoint)
+    return tuple(endpoints)
+
+
+def _service_shard(table: Mapping[str, Any], where: str, endpoints: tuple[Endpoint, ...] | None) -> int | None:
+    if "shard" not in table:
+        return None
+    value = table["shard"]
+    if endpoints is None:
+        raise ConfigError(f"{where}shard: needs a [shards] table (http_server_endpoints, one per shard)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(endpoints):
+        raise ConfigError(f"{where}shard: expected a shard number in 0..{len(endpoints) - 1} "
+                          f"(shards.http_server_endpoints has {len(endpoints)}), got {value!r}")
     return value
 
 

@@ -20,4 +20,5 @@ def fields(service: str, stream: int | None = None, peer: str | None = None, **m
     return extra
 
 
-FIELD_NAMES = ("service", "stream", "peer", "reason", "failure", "close_code", "duration_seconds", "agent_version")
+FIELD_NAMES = ("service", "stream", "peer", "reason", "failure", "close_code", "duration_seconds", "agent_version",
+               "shard")

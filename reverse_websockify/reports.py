@@ -53,6 +53,22 @@ class Shared(Generic[T]):
 Page = tuple[HTTPStatus, bytes, str]
 
 
+async def status_page(snapshot: Callable[[], Awaitable[dict[str, dict[str, Any]]]], query_string: str, accept: str,
+                      envelope: bool) -> Page:
+    """``/`` (the original document, or HTML for a browser) and ``/services`` (a page with counts)."""
+    as_html = not envelope and "text/html" in accept
+    try:
+        query = status.StatusQuery.parse(query_string, status.HTML_PAGE_ROWS if as_html else None)
+    except status.StatusQueryError as exc:
+        return HTTPStatus.BAD_REQUEST, f"{exc}\n".encode(), "text/plain; charset=utf-8"
+    entries = await snapshot()
+    if as_html:
+        body = await asyncio.to_thread(lambda: status.render_html(entries, query=query))
+        return HTTPStatus.OK, body, "text/html; charset=utf-8"
+    render = status.render_page_json if envelope else status.render_json
+    return HTTPStatus.OK, await asyncio.to_thread(render, entries, query), "application/json"
+
+
 class Reports:
     """``/``, ``/services`` and ``/metrics`` for the server's current services."""
 
@@ -73,18 +89,7 @@ class Reports:
         return await read_in_slices(self._services(), read)
 
     async def status(self, query_string: str, accept: str, envelope: bool) -> Page:
-        """``/`` (the original document, or HTML for a browser) and ``/services`` (a page with counts)."""
-        as_html = not envelope and "text/html" in accept
-        try:
-            query = status.StatusQuery.parse(query_string, status.HTML_PAGE_ROWS if as_html else None)
-        except status.StatusQueryError as exc:
-            return HTTPStatus.BAD_REQUEST, f"{exc}\n".encode(), "text/plain; charset=utf-8"
-        snapshot = await self._snapshots.get()
-        if as_html:
-            body = await asyncio.to_thread(lambda: status.render_html(snapshot, query=query))
-            return HTTPStatus.OK, body, "text/html; charset=utf-8"
-        render = status.render_page_json if envelope else status.render_json
-        return HTTPStatus.OK, await asyncio.to_thread(render, snapshot, query), "application/json"
+        return await status_page(self._snapshots.get, query_string, accept, envelope)
 
     async def metrics(self, query_string: str) -> Page:
         """Per-service series up to the configured number of services, or when asked; fleet sums otherwise."""

@@ -133,7 +133,7 @@ class RendezvousServer:
         hold the relay.
         """
         try:
-            new = await asyncio.to_thread(load, self.config.path)
+            new = (await asyncio.to_thread(load, self.config.path)).reload_view(self.config)  # a shard: its share
             revoked, tls_context = await asyncio.to_thread(self._security, new)
         except (ConfigError, RevocationListError, TlsSetupError) as exc:
             log.error("reload failed, keeping the running config: %s", exc)
@@ -306,6 +306,11 @@ class RendezvousServer:
         service_id = path[len(AGENT_PATH_PREFIX):]
         address = self._client_address(connection, request)
         service = self.services.get(service_id)
+        misdirected = self.config.misdirected(service_id) if service is None else None
+        if misdirected is not None:  # [shards]: another shard owns this ID
+            log.warning("agent %s refused (421): %s", address, misdirected,
+                        extra=fields(service_id, peer=address, reason="another shard's service"))
+            return _response(HTTPStatus.MISDIRECTED_REQUEST, misdirected + "\n")
         if service is None:
             log.warning("agent %s asked for unknown service ID %r: 404", address, service_id[:200],
                         extra=fields(service_id[:200], peer=address, reason="unknown service ID"))

@@ -168,14 +168,29 @@ class LoopFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
 
-def configure_logging(level: str, fmt: str, service: str | None = None) -> None:
+class ShardTag(logging.Filter):
+    """Every line of shard K says so ([shards]: the shards of --all-shards share one stderr)."""
+
+    def __init__(self, shard: int) -> None:
+        super().__init__()
+        self.shard = shard
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.shard = self.shard
+        return True
+
+
+def configure_logging(level: str, fmt: str, service: str | None = None, shard: int | None = None) -> None:
     handler = LoopFlushedHandler()
     if service is not None:
         handler.addFilter(DefaultService(service))
+    if shard is not None:
+        handler.addFilter(ShardTag(shard))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        tag = " [shard %(shard)s]" if shard is not None else ""
+        handler.setFormatter(TextFormatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"))
     # No formatter here shows the caller's file and line, the thread or the process: skip looking
     # them up for every record (a stack walk, and a getpid() system call each; bench/, ab -c32).
     logging._srcfile = None  # type: ignore[attr-defined]  # documented in the logging HOWTO, "Optimization"

@@ -43,6 +43,7 @@ from .tools import (AGENT_DIR, CLIENT_CERT_SCRIPT, PACKAGING, RENDEZVOUS, REVOKE
 
 AGENT_UNIT = AGENT_DIR / "reverse-websockify-agent@.service"
 SERVER_UNIT = PACKAGING / "server" / "reverse-websockify-server.service"
+SHARD_UNIT = PACKAGING / "server" / "reverse-websockify-server@.service"
 ENV_EXAMPLE = AGENT_DIR / "agent.env.example"
 
 SEED_IDS = ("LKLAFA155MA767657", "LKLAFA151NA774655")
@@ -339,6 +340,82 @@ def test_nginx_t(tmp_path: Path, pki: Pki) -> None:
     assert "[warn]" not in output and "[emerg]" not in output, output
 
 
+SHARDS_CONF = RENDEZVOUS / "nginx-shards.conf"
+SHARD_MAP_INCLUDE = "include /etc/nginx/reverse-websockify-shard-map.conf;"
+
+
+def sharded_config(directory: Path, pki: Pki) -> Path:
+    """The shipped config.toml with a [shards] table of two loopback shards (the seed IDs fall on both)."""
+    path = deployed_config(directory, pki)
+    text = path.read_text().replace("\n[remote_service.", "\n[shards]\nhttp_server_endpoints = "
+                                    '["127.0.0.1:39001", "127.0.0.1:39002"]\n\n[remote_service.', 1)
+    path.write_text(text)
+    return path
+
+
+def test_nginx_shards_conf_is_nginx_conf_but_for_the_routing(tmp_path: Path, pki: Pki) -> None:
+    """Same TLS, client certificates, headers and timeouts; agents to $reverse_websockify_shard; /shard/<K>/."""
+    single, sharded = nginx_blocks((RENDEZVOUS / "nginx.conf").read_text()), nginx_blocks(SHARDS_CONF.read_text())
+    assert [words for words, _ in sharded if words[0] == "include"] == [SHARD_MAP_INCLUDE[:-1].split()]
+    servers_single = [children for words, children in single if words == ["server"]]
+    servers_sharded = [children for words, children in sharded if words == ["server"]]
+    tls_single, tls_sharded = servers_single[0], servers_sharded[0]
+    assert [d for d in tls_sharded if d[0][0] != "location"] == [d for d in tls_single if d[0][0] != "location"]
+    forward_single, forward_sharded = locations(tls_single)["/forward_to_me/"], locations(tls_sharded)["/forward_to_me/"]
+    assert directives(forward_sharded, "proxy_pass") == [["http://$reverse_websockify_shard"]]
+    assert [d for d in forward_sharded if d[0][0] != "proxy_pass"] == [d for d in forward_single if d[0][0] != "proxy_pass"]
+    plain = locations(servers_sharded[1])
+    assert set(plain) == set(locations(servers_single[1])) | {"= /shards", "~ ^/shard/(\\d+)(/.*)$"}
+    assert directives(plain["~ ^/shard/(\\d+)(/.*)$"], "proxy_pass") == [["http://reverse_websockify_shard_$1$2"]]
+    for path in ("= /", "= /metrics", "= /healthz", "/ready/", "= /shards"):
+        assert directives(plain[path], "proxy_pass") == [["http://127.0.0.1:39000"]], path
+
+
+def test_nginx_t_shards(tmp_path: Path, pki: Pki) -> None:
+    """nginx-shards.conf with the map generated from a sharded config.toml passes nginx -t."""
+    config = sharded_config(tmp_path, pki)
+    shard_map = ok(run(command(SERVER_NAME) + [str(config), "--nginx-shard-map"])).stdout
+    assert "upstream reverse_websockify_shard_1 { server 127.0.0.1:39002; }" in shard_map
+    assert "    /forward_to_me/LKLAFA151NA774655 reverse_websockify_shard_1;" in shard_map
+    (tmp_path / "nginx-shard-map.conf").write_text(shard_map)
+    base = tmp_path / "nginx"
+    base.mkdir()
+    nginx = prepare_nginx(base, pki, free_port())
+    site = SHARDS_CONF.read_text().replace(SHARD_MAP_INCLUDE, f"include {tmp_path / 'nginx-shard-map.conf'};")
+    site = re.sub(r"\blisten\s+443\s", f"listen 127.0.0.1:{nginx.https_port} ", site)
+    site = re.sub(r"\blisten\s+80\s*;", f"listen 127.0.0.1:{nginx.http_port};", site)
+    (base / "conf.d" / "default.conf").write_text(re.sub(r"(?<=\s)/tls/", f"{pki.tls}/", site))
+    result = run([need("nginx"), "-t", "-p", str(base), "-c", str(nginx.main_conf)])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "test is successful" in output, output
+    assert "[warn]" not in output and "[emerg]" not in output, output
+
+
+def test_nginx_shard_map_scales(tmp_path: Path) -> None:
+    """10,000 services with 128-character IDs: the map carries the hash sizes nginx then needs."""
+    from reverse_websockify.config import load
+    from reverse_websockify.nginxmap import render
+
+    lines = ['http_server_endpoint = "127.0.0.1:39000"',
+             '[shards]', 'http_server_endpoints = ["127.0.0.1:39001", "127.0.0.1:39002", "127.0.0.1:39003"]']
+    for i in range(10000):
+        lines += [f"[remote_service.{'X' * 120}{i:08d}]", f'local_listen_endpoint = "127.0.0.1:{40000 + i}"']
+    (tmp_path / "config.toml").write_text("\n".join(lines) + "\n")
+    (tmp_path / "map.conf").write_text(render(load(tmp_path / "config.toml")))
+    (tmp_path / "nginx.conf").write_text(f"""daemon off;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log notice;
+events {{ worker_connections 64; }}
+http {{
+    include {tmp_path}/map.conf;
+    server {{ listen 127.0.0.1:{free_port()}; location / {{ proxy_pass http://$reverse_websockify_shard; }} }}
+}}
+""")
+    result = run([need("nginx"), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "[warn]" not in output, output
+
+
 # -- the running stack: server (shipped config) + nginx (shipped conf) + agent (unit + env file) ------
 
 
@@ -589,12 +666,30 @@ def test_docker_compose_config(tmp_path: Path) -> None:
     assert "exec" in tmpfs["/tmp"] and "noexec" not in tmpfs["/tmp"], tmpfs
 
 
+def test_docker_compose_shards_override(tmp_path: Path) -> None:
+    """docker-compose.shards.yaml on top of docker-compose.yaml: nginx gets nginx-shards.conf and the map."""
+    compose = need("docker-compose")
+    for name in ("docker-compose.yaml", "docker-compose.shards.yaml"):
+        shutil.copy(RENDEZVOUS / name, tmp_path)
+    env = {**os.environ, "PWD": str(tmp_path)}
+    args = [compose, "-f", str(tmp_path / "docker-compose.yaml"), "-f", str(tmp_path / "docker-compose.shards.yaml")]
+    config = yaml_to_data(compose, ok(run(args + ["config"], cwd=tmp_path, env=env)).stdout)
+    assert sorted(config["services"]["nginx"]["volumes"]) == sorted([
+        f"{tmp_path}/nginx-shards.conf:/etc/nginx/conf.d/default.conf:ro",
+        f"{tmp_path}/nginx-shard-map.conf:/etc/nginx/reverse-websockify-shard-map.conf:ro",
+        f"{tmp_path}/tls:/tls:ro"])
+    # The server is unchanged: with [shards] in config.toml, its plain command runs every shard.
+    assert config["services"]["reverse_websockify_server"]["command"] == [
+        "/project/reverse_websockify_server", "/project/config.toml"]
+
+
 # -- systemd units --------------------------------------------------------------------------------------
 
 
 UNITS = [
     pytest.param(AGENT_UNIT, "reverse-websockify-agent@bus01.service", id="agent@bus01"),
     pytest.param(SERVER_UNIT, "reverse-websockify-server.service", id="server"),
+    pytest.param(SHARD_UNIT, "reverse-websockify-server@0.service", id="server@0"),
 ]
 
 
@@ -647,7 +742,7 @@ def test_systemd_analyze_security(tmp_path: Path, unit: Path, instance: str) -> 
     assert score <= SECURITY_THRESHOLD / 10, output
 
 
-@pytest.mark.parametrize("unit", [AGENT_UNIT, SERVER_UNIT], ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", [AGENT_UNIT, SERVER_UNIT, SHARD_UNIT], ids=lambda p: p.name)
 def test_systemd_unit_settings(unit: Path) -> None:
     sections = read_unit(unit)
     service = {key: values[-1] for key, values in sections["Service"].items()}
@@ -675,6 +770,15 @@ def test_systemd_unit_settings(unit: Path) -> None:
         used = set(re.findall(r"\$\{(\w+)\}", service["ExecStart"]))
         documented = set(re.findall(r"^#?([A-Z_]+)=", ENV_EXAMPLE.read_text(), flags=re.M))
         assert used | {"REVERSE_WEBSOCKIFY_TOKEN"} <= documented
+    elif unit == SHARD_UNIT:
+        assert service["ExecStart"] == ("/usr/local/bin/reverse_websockify_server /etc/reverse-websockify/config.toml "
+                                        "--shard %i")
+        assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+        assert service["CacheDirectory"] == "reverse-websockify-server-%i"  # no shard cleans another's _MEI*
+        # Otherwise the server unit, line for line.
+        ours = {k: v for k, v in read_unit(SERVER_UNIT)["Service"].items() if k not in ("ExecStart", "CacheDirectory",
+                                                                                       "Environment")}
+        assert {k: v for k, v in sections["Service"].items() if k in ours} == ours
     else:
         assert service["ExecStart"] == "/usr/local/bin/reverse_websockify_server /etc/reverse-websockify/config.toml"
         assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
@@ -689,6 +793,6 @@ def test_sysusers_snippet(tmp_path: Path) -> None:
     assert user and user[0].endswith(":/usr/sbin/nologin")
     assert "reverse-websockify:" in (tmp_path / "etc" / "group").read_text()
     # The units run as that user when it exists.
-    for unit in (AGENT_UNIT, SERVER_UNIT):
+    for unit in (AGENT_UNIT, SERVER_UNIT, SHARD_UNIT):
         service = read_unit(unit)["Service"]
         assert service["User"] == ["reverse-websockify"] and service["Group"] == ["reverse-websockify"]

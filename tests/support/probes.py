@@ -67,6 +67,21 @@ def tree_pids(pid: int) -> list[int]:
     return pids
 
 
+def cmdline(pid: int) -> list[str]:
+    """A process's command line ([] once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def tree_pids_running(pid: int, *args: str) -> list[int]:
+    """pid's descendants (and itself) whose command line holds ``args`` as consecutive words."""
+    n = len(args)
+    return [p for p in tree_pids(pid)
+            if any(tuple(words[i:i + n]) == args for words in [cmdline(p)] for i in range(len(words)))]
+
+
 def _sum_over_tree(pid: int, reading: Callable[[int], float]) -> float:
     """A reading summed over the tree; a process that is gone (or just went) counts 0."""
     total = 0.0

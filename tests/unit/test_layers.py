@@ -30,6 +30,7 @@ RANKS: dict[str, int] = {
     "pacing": 1,
     "status": 1,
     "stats": 2,
+    "sharding": 1,  # which shard owns a service ID: the pure rule
     "config": 2,
     "tls": 3,
     "wsconnection": 2,  # websockets' internals
@@ -52,6 +53,10 @@ RANKS: dict[str, int] = {
     "metrics": 9,
     "reports": 10,  # status and metrics read in slices, formatted off the loop
     "server": 11,
+    # [shards]: the nginx map (pure), the merged status page, the --all-shards supervisor
+    "nginxmap": 3,
+    "merged_status": 12,
+    "supervisor": 12,
     "agent": 10,
     "cli.common": 12,
     "cli.server": 13,
