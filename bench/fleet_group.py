@@ -253,6 +253,7 @@ class FleetRun:
         time.sleep(1.0)  # part of the figure: the "no fleet" RSS of a server that settled
         self.out["server_rss_before_kib"] = self.server.tree_kib()
         progress(f"  starting {self.n} simulated agents")
+        server_cpu = probes.tree_cpu_seconds(self.server.pid)
         self.generator = FleetGenerator(self.deployment.tmp, self.n, f"127.0.0.1:{self.deployment.http_port}",
                                         "fleet", self.s.programs.env(), self.s.event_loop)
         limit = 60 + self.n / 50
@@ -263,6 +264,9 @@ class FleetRun:
         st = self.generator.status()
         self.out["attach"] = {k: st.get(k) for k in ("all_attached_seconds", "attach_rate_per_second", "attempts",
                                                      "failures", "attached")}
+        # who was busy during the attach: CPU seconds of each (the generator's since it started)
+        self.out["attach"]["cpu_seconds"] = {"server": probes.tree_cpu_seconds(self.server.pid) - server_cpu,
+                                             "generator": self.generator.cpu_seconds()}
         progress(f"  all {st.get('attached')} attached after {st.get('all_attached_seconds')} s "
                  f"({st.get('attach_rate_per_second')} agents/s); failures {st.get('failures')}")
         time.sleep(3.0)  # part of the figure: RSS of idle agents, not of handshakes finishing

@@ -263,6 +263,10 @@ def fleet_markdown(f: dict[str, Any]) -> list[str]:
                    _s(att.get("all_attached_seconds"))),
                   ("attach rate", f"{att.get('attach_rate_per_second')} agents/s"),
                   ("connection attempts / failures by reason", f"{att.get('attempts')} / {att.get('failures') or 'none'}")]
+        cpu = att.get("cpu_seconds")
+        if cpu:
+            lines.append(("CPU time spent on the attach: server / generator",
+                          f"{cpu['server']:.1f} s / {cpu['generator']:.1f} s"))
     if "server_rss_after_kib" in f:
         lines += [(f"server RSS with no simulated agent → with {n}",
                    f"{mib(f['server_rss_before_kib'])} → {mib(f['server_rss_after_kib'])}"),
