@@ -32,10 +32,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the server's http_server_endpoint (agents dial ws://HOST:PORT/forward_to_me/<ID>)")
     p.add_argument("--id-prefix", default="fleet", help="service IDs PREFIX00000, PREFIX00001, ... (default fleet)")
     p.add_argument("--token", help="Authorization: Bearer TOKEN (services with a token)")
-    p.add_argument("--ping-interval", type=float, default=8.0)
-    p.add_argument("--ping-timeout", type=float, default=10.0)
-    p.add_argument("--open-timeout", type=float, default=10.0, help="handshake timeout (the agent's --dial-timeout)")
-    p.add_argument("--max-backoff", type=float, default=30.0)
+    p.add_argument("--ping-interval", type=float, default=FleetOptions.ping_interval)
+    p.add_argument("--ping-timeout", type=float, default=FleetOptions.ping_timeout)
+    p.add_argument("--open-timeout", type=float, default=FleetOptions.open_timeout,
+                   help="the whole WebSocket handshake must complete within this (the real agent's, 15 s)")
+    p.add_argument("--max-backoff", type=float, default=FleetOptions.backoff_max)
     p.add_argument("--max-handshakes", type=int, default=256,
                    help="first attach: at most this many handshakes in flight (0: all at once); "
                         "reconnections are never held back")

@@ -15,11 +15,14 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, AsyncIterator
 
 from bench.fleet.agent import ATTACHED, CONNECTING, WAITING, SimAgent
+from reverse_websockify.config import AgentConfig
 from reverse_websockify.fdlimit import raise_soft_limit
+
+_AGENT = {f.name: f.default for f in fields(AgentConfig)}  # the real agent's defaults, not copies of them
 
 FDS_SPARE = 64  # descriptors the generator needs besides one per agent (event loop, logs, status file)
 
@@ -31,11 +34,11 @@ class FleetOptions:
     id_prefix: str = "fleet"
     ids: list[str] | None = None  # explicit service IDs; default prefix00000...
     token: str | None = None
-    ping_interval: float = 8.0  # the real agent's defaults
-    ping_timeout: float = 10.0
-    open_timeout: float = 10.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 30.0
+    ping_interval: float = _AGENT["ping_interval"]
+    ping_timeout: float = _AGENT["ping_timeout"]
+    open_timeout: float = _AGENT["open_timeout"]  # the whole WebSocket handshake (15 s)
+    backoff_initial: float = _AGENT["backoff_initial"]
+    backoff_max: float = _AGENT["backoff_max"]
     max_handshakes: int = 256  # first attach only: handshakes in flight at once (0: no limit)
 
     def service_ids(self) -> list[str]:
