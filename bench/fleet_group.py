@@ -368,7 +368,10 @@ class FleetRun:
         """Stop the server with ``sig``, start it again: until /healthz, the real agent, all N attached again."""
         assert self.deployment is not None and self.generator is not None
         name = sig.name
-        progress(f"  restart by {name} with {self.n} agents attached")
+        if not self.generator.wait_attached(self.s.fleet_reattach_wait):  # the previous restart's stragglers
+            self.bench.results.notes.append(f"fleet: the restart by {name} began with only "
+                                            f"{self.generator.attached()} of {self.n} agents attached")
+        progress(f"  restart by {name} with {self.generator.attached()} agents attached")
         before = self.generator.status()
         server = self.server
         killed = time.monotonic()
@@ -383,7 +386,7 @@ class FleetRun:
         server.stop()
         self._start_server(f"fleet server (after {name})")
         listening = time.monotonic() - killed
-        wait = max(REATTACH_TARGET * 2, self.s.fleet_reattach_wait)
+        wait = max(REATTACH_TARGET * 2, self.s.fleet_reattach_wait)  # past the target: the real time, if it comes
         all_back = None
         web_back = None
         deadline = time.monotonic() + wait

@@ -31,7 +31,7 @@ class Settings:
     fleet_agents: int = 8000  # simulated agents (group fleet), fewer when the descriptor limit is lower
     fleet_seconds: int = 10  # wrk -d through the real agent (group fleet)
     fleet_idle_seconds: int = 10  # the window of the idle-CPU figure (group fleet)
-    fleet_reattach_wait: int = 60  # how long a restart waits for the fleet to be back (group fleet)
+    fleet_reattach_wait: int = 180  # how long a restart waits for the fleet to be back (group fleet)
 
     @property
     def programs(self) -> Programs:
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         fleet_agents=a.fleet_agents if a.fleet_agents is not None else (50 if q else 8000),
         fleet_seconds=a.fleet_seconds or (3 if q else 10),
         fleet_idle_seconds=2 if q else 10,
-        fleet_reattach_wait=30 if q else 60,
+        fleet_reattach_wait=30 if q else 180,
     )
     if s.repeat < 1:
         p.error("--repeat must be at least 1")
