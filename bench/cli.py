@@ -16,6 +16,7 @@ from typing import Any
 from bench import processes
 from bench.errors import BenchError, Fatal, TimeLimit
 from bench.far import far_link
+from bench.fleet_group import fleet
 from bench.fixtures import postgres_bin
 from bench.header import header
 from bench.progress import progress
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         workloads(bench)
         bench.idle_streams()
         bench.many_agents()
+        fleet(bench)
     except (Fatal, TimeLimit, WaitTimeout, ProcessDied) as exc:
         results.fail(f"aborted: {exc}")
     except BenchError as exc:

@@ -54,6 +54,7 @@ class Results:
         self.memory: dict[str, Any] = {}
         self.link: dict[str, Any] = {}  # the far link emulator's validation (group far)
         self.profile: dict[str, Any] = {}  # where the wss agent's CPU goes (--profile)
+        self.fleet: dict[str, Any] = {}  # group fleet: N simulated agents on one server
         self.failures: list[str] = []
         self.notes: list[str] = []
         self.log_problems: list[str] = []
@@ -84,6 +85,7 @@ class Results:
             "memory": self.memory,
             "link_emulator": self.link,
             "profile": self.profile,
+            "fleet": self.fleet,
             "failures": self.failures,
             "notes": self.notes,
             "log_problems": self.log_problems,
@@ -138,6 +140,8 @@ class Results:
             out.append("| CPU during that run, cores: agent / nginx / server | " + " | ".join(
                 " / ".join(f"{c:.2f}" for c in self.profile[w]["cores"].values()) for w in ways) + " |")
             out.append("")
+        if self.fleet:
+            out += fleet_markdown(self.fleet)
         for note in self.notes:
             out.append(f"- note: {note}")
         if self.failures:
@@ -224,3 +228,89 @@ def link_lines(link: dict[str, Any]) -> list[tuple[str, str, str]]:
         lines.append(("its own ceiling: no delay, no rate limit, iperf3 1 stream through it",
                       "–", f"{ceiling['gbit']:.2f} Gbit/s at {ceiling['emulator_cores']:.2f} cores"))
     return lines
+
+
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1000:,.0f} ms"
+
+
+def _s(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds:.1f} s"
+
+
+def fleet_markdown(f: dict[str, Any]) -> list[str]:
+    """Group fleet: the wrk table (p99 ÷ baseline), then the fleet's figures (see bench/fleet_group.py)."""
+    n = f.get("agents")
+    out: list[str] = []
+    runs = f.get("wrk", {})
+    base = runs.get("baseline: only the real agent")
+    if runs:
+        out += [f"| fleet: wrk -c16 through one real agent, {n} simulated agents attached | req/s | p50 ms | "
+                "p99 ms | p99 ÷ baseline p99 (target ≤ 2×) | errors |", "|---|---:|---:|---:|---:|---:|"]
+        for label, v in runs.items():
+            if v is None:
+                out.append(f"| {label} | failed | | | | |")
+                continue
+            ratio = "–" if not base or not base["p99_ms"] else f"{v['p99_ms'] / base['p99_ms']:.2f}×"
+            out.append(f"| {label} | {v['rps']:,.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {ratio} | "
+                       f"{v['errors']:.0f} |")
+        out.append("")
+    lines: list[tuple[str, str]] = []
+    att = f.get("attach")
+    if att:
+        lines += [(f"simulated agents attached / started", f"{att.get('attached')} / {n}"),
+                  (f"time for all {n} to attach (first attempts ramp in: ≤ 256 handshakes in flight)",
+                   _s(att.get("all_attached_seconds"))),
+                  ("attach rate", f"{att.get('attach_rate_per_second')} agents/s"),
+                  ("connection attempts / failures by reason", f"{att.get('attempts')} / {att.get('failures') or 'none'}")]
+        cpu = att.get("cpu_seconds")
+        if cpu:
+            lines.append(("CPU time spent on the attach: server / generator",
+                          f"{cpu['server']:.1f} s / {cpu['generator']:.1f} s"))
+    if "server_rss_after_kib" in f:
+        lines += [(f"server RSS with no simulated agent → with {n}",
+                   f"{mib(f['server_rss_before_kib'])} → {mib(f['server_rss_after_kib'])}"),
+                  ("server RSS per idle agent", f"{f['server_rss_per_agent_kib']:.1f} KiB"),
+                  (f"server file descriptors with {n} agents", str(f.get("server_fds"))),
+                  ("generator RSS (all simulated agents)", mib(f.get("generator_rss_kib", 0)))]
+    cores = f.get("idle_cores")
+    if cores:
+        lines.append((f"CPU while idle ({f.get('idle_cpu_seconds')} s): server / generator",
+                      f"{cores['server'] * 100:.1f} % / {cores['generator'] * 100:.1f} % of a core"))
+    for when in ("baseline_http", "fleet_http"):
+        got = f.get(when)
+        if got:
+            who = "only the real agent" if when == "baseline_http" else f"{n} agents"
+            lines.append((f"one GET each, {who}: /metrics, / JSON, / HTML, /healthz", " · ".join(
+                f"{_ms(v['seconds'])} ({v['bytes'] / 1024:,.0f} KiB)" if k != "healthz" else _ms(v["seconds"])
+                for k, v in got.items())))
+    timings = f.get("http_timings", {})
+    for key, per in timings.items():
+        for name, t in per.items():
+            lines.append((f"during wrk: {'GET /metrics' if key == 'metrics' else 'GET / (' + name + ')'}, "
+                          f"each second: median / slowest",
+                          f"{_ms(t['median_s'])} / {_ms(t['max_s'])} ({t['count']} requests, "
+                          f"{t['bytes'] / 1024:,.0f} KiB, {t['failed']} failed)"))
+    hup = f.get("sighup")
+    if hup:
+        lines += [("SIGHUP (unchanged config) during wrk: slowest /healthz (polled every 50 ms)",
+                   f"{_ms(hup.get('healthz_slowest_s'))} ({hup.get('healthz_failed')} failed)"),
+                  ("SIGHUP alone: until the \"reloaded\" log line / slowest /healthz meanwhile",
+                   f"{_s(hup.get('reload_seconds'))} / {_ms(hup.get('healthz_slowest_alone_s'))}")]
+    for sig, r in f.get("restarts", {}).items():
+        lines += [(f"restart by {sig}: server exited after (exit code)", f"{_s(r['exit_seconds'])} ({r['exit_code']})"),
+                  (f"restart by {sig}: /healthz again after", _s(r["healthz_again_s"])),
+                  (f"restart by {sig}: all {n} attached again after (target ≤ 30 s)",
+                   f"{_s(r['all_attached_again_s'])} from the signal, {_s(r.get('all_attached_after_healthz_s'))} "
+                   "from /healthz"),
+                  (f"restart by {sig}: the real agent attached again after", _s(r["real_agent_again_s"])),
+                  (f"restart by {sig}: agents stuck (not back within {r['waited_s']:.0f} s)", str(r["stuck"])),
+                  (f"restart by {sig}: failed attempts meanwhile, by reason", str(r["failures_during"] or "none"))]
+    final = f.get("generator_final")
+    if final and final.get("protocol_errors"):
+        lines.append(("protocol errors seen by the simulated agents", str(final["protocol_errors"])))
+    if lines:
+        out += [f"| fleet: {n} simulated agents (bench/fleet) | value |", "|---|---:|"]
+        out += [f"| {label} | {value} |" for label, value in lines]
+        out.append("")
+    return out

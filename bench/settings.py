@@ -28,6 +28,10 @@ class Settings:
     far_rtts: tuple[int, ...] = (100, 300)  # ms, at FAR_RATE_MBIT
     redis_requests: int = 1_000_000  # redis-benchmark -n per test (SET, GET)
     pgbench_seconds: int = 8  # pgbench -T
+    fleet_agents: int = 8000  # simulated agents (group fleet), fewer when the descriptor limit is lower
+    fleet_seconds: int = 10  # wrk -d through the real agent (group fleet)
+    fleet_idle_seconds: int = 10  # the window of the idle-CPU figure (group fleet)
+    fleet_reattach_wait: int = 180  # how long a restart waits for the fleet to be back (group fleet)
 
     @property
     def programs(self) -> Programs:
@@ -39,7 +43,7 @@ class Settings:
         return f"binaries ({self.binaries})" if self.binaries else "package (python3 -m reverse_websockify.cli.*)"
 
 
-GROUPS = ("bulk", "requests", "connections", "stall", "idle-streams", "agents", "wss", "far", "workloads")
+GROUPS = ("bulk", "requests", "connections", "stall", "idle-streams", "agents", "wss", "far", "workloads", "fleet")
 FAR_RATE_MBIT = 200  # the emulated far link's rate, each direction (issue 13)
 
 
@@ -72,6 +76,10 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--redis-requests", type=int, metavar="N",
                    help="redis-benchmark -n for SET and for GET (default 1000000; 100000 with --quick)")
     p.add_argument("--pgbench-seconds", type=int, metavar="S", help="pgbench -T (default 8; 2 with --quick)")
+    p.add_argument("--fleet-agents", type=int, metavar="N",
+                   help="group fleet: simulated agents (default 8000, fewer if the descriptor limit is lower; 50 with --quick)")
+    p.add_argument("--fleet-seconds", type=int, metavar="S",
+                   help="group fleet: wrk -d through the real agent (default 10; 3 with --quick)")
     p.add_argument("--profile", action="store_true",
                    help="group wss: where the agent's CPU goes on the wss path (needs py-spy: pip install py-spy)")
     p.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of: {', '.join(GROUPS)}")
@@ -106,6 +114,10 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         far_rtts=(100,) if q else (100, 300),
         redis_requests=a.redis_requests or (100_000 if q else 1_000_000),
         pgbench_seconds=a.pgbench_seconds or (2 if q else 8),
+        fleet_agents=a.fleet_agents if a.fleet_agents is not None else (50 if q else 8000),
+        fleet_seconds=a.fleet_seconds or (3 if q else 10),
+        fleet_idle_seconds=2 if q else 10,
+        fleet_reattach_wait=30 if q else 180,
     )
     if s.repeat < 1:
         p.error("--repeat must be at least 1")
