@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, T
 from urllib.parse import parse_qs
 
 from . import status
-from .pacing import paced
+from .pacing import collector_paused, paced
 from .service import Service
 
 if TYPE_CHECKING:
@@ -61,12 +61,13 @@ async def status_page(snapshot: Callable[[], Awaitable[dict[str, dict[str, Any]]
         query = status.StatusQuery.parse(query_string, status.HTML_PAGE_ROWS if as_html else None)
     except status.StatusQueryError as exc:
         return HTTPStatus.BAD_REQUEST, f"{exc}\n".encode(), "text/plain; charset=utf-8"
-    entries = await snapshot()
-    if as_html:
-        body = await asyncio.to_thread(lambda: status.render_html(entries, query=query))
-        return HTTPStatus.OK, body, "text/html; charset=utf-8"
-    render = status.render_page_json if envelope else status.render_json
-    return HTTPStatus.OK, await asyncio.to_thread(render, entries, query), "application/json"
+    with collector_paused():
+        entries = await snapshot()
+        if as_html:
+            body = await asyncio.to_thread(lambda: status.render_html(entries, query=query))
+            return HTTPStatus.OK, body, "text/html; charset=utf-8"
+        render = status.render_page_json if envelope else status.render_json
+        return HTTPStatus.OK, await asyncio.to_thread(render, entries, query), "application/json"
 
 
 class Reports:
@@ -96,13 +97,14 @@ class Reports:
         from .metrics import render
 
         fields = parse_qs(query_string)
-        readings = await self._readings.get()
-        services = len(readings)
-        chosen = set(fields.get("service", ()))
-        if chosen:
-            readings = [r for r in readings if r.service_id in chosen]
-        switch = fields.get("per_service", [""])[-1]
-        per_service = bool(chosen) or (switch in ("1", "true", "yes") if switch
-                                       else services <= self._per_service_limit())
-        body, content_type = await asyncio.to_thread(render, readings, per_service, services)
+        with collector_paused():
+            readings = await self._readings.get()
+            services = len(readings)
+            chosen = set(fields.get("service", ()))
+            if chosen:
+                readings = [r for r in readings if r.service_id in chosen]
+            switch = fields.get("per_service", [""])[-1]
+            per_service = bool(chosen) or (switch in ("1", "true", "yes") if switch
+                                           else services <= self._per_service_limit())
+            body, content_type = await asyncio.to_thread(render, readings, per_service, services)
         return HTTPStatus.OK, body, content_type

@@ -51,6 +51,10 @@ from .wsconnection import DirectServerConnection, connection_options
 log = logging.getLogger("reverse_websockify.server")
 
 
+HTTP_BACKLOG = 4096
+"""A restarted server meets its whole fleet reconnecting at once; asyncio's default (100) drops most of them."""
+
+
 class StartupError(Exception):
     """The server cannot start (e.g. a port is taken); one line for the user."""
 
@@ -102,6 +106,7 @@ class RendezvousServer:
                 server_header=f"reverse_websockify/{__version__}",
                 ssl=self._tls_context,
                 reuse_address=True,
+                backlog=HTTP_BACKLOG,
                 create_connection=DirectServerConnection,
             ))
         except BaseException:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, Callable, Coroutine
 
 from .flow import DEFAULT_BUDGET, IDLE_SECONDS
 from .logfields import fields
@@ -103,9 +104,14 @@ class Tunnel:
         self._open_timeout = open_timeout
         self._endpoints: dict[int, StreamEndpoint] = {}
         self._wakeup = asyncio.Event()
-        self._flow_data = asyncio.Event()  # DATA arrived while the flow loop waited for some
+        self._flow_data = asyncio.Event()  # DATA arrived while the flow task waited for an idle check
         self._flow_waiting = False
-        self._link_tasks: list[asyncio.Task[None]] = []
+        # Tasks of the current link. The flow and confirmation tasks run only while they have work
+        # (an idle fleet of 8,000 tunnels would otherwise hold 16,000 sleeping tasks: memory, and
+        # objects for every full garbage collection to walk).
+        self._link_tasks: set[asyncio.Task[None]] = set()
+        self._flow_task: asyncio.Task[None] | None = None
+        self._confirm_task: asyncio.Task[None] | None = None
         self._lost_at = 0.0  # time.monotonic() when the link was lost, for the resume's log line
         self._resuming = False
 
@@ -151,9 +157,12 @@ class Tunnel:
         self._forget_ended()
         if self.session.has_output:
             self.wake()
-        if self._flow_waiting and self.session.tuner.dirty:
-            self._flow_waiting = False
-            self._flow_data.set()
+        if self.session.tuner.dirty:
+            if self._flow_task is None:
+                self._flow_task = self._start_link_task(self._flow_loop)
+            elif self._flow_waiting:
+                self._flow_waiting = False
+                self._flow_data.set()
 
     def _dispatch(self, event: Event) -> None:
         kind = type(event)
@@ -219,8 +228,19 @@ class Tunnel:
             self.session.reset(stream_id, "internal error")
 
     def _forget_ended(self) -> None:
-        for stream_id in self.session.ended_streams():
+        """Ended streams leave the endpoint table; finished ones (v2) start the confirmation task."""
+        session = self.session
+        for stream_id in session.ended_streams():
             self._endpoints.pop(stream_id, None)
+        if session.finished_unconfirmed and self._confirm_task is None and self.connection is not None:
+            self._confirm_task = self._start_link_task(self._confirm_loop)
+
+    def _start_link_task(self, loop_of: Callable[[Connection], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        assert self.connection is not None
+        task = self.loop.create_task(loop_of(self.connection))
+        self._link_tasks.add(task)
+        task.add_done_callback(self._link_tasks.discard)
+        return task
 
     # -- the session -> the WebSocket --------------------------------------------------------
 
@@ -244,12 +264,16 @@ class Tunnel:
             pass
 
     async def _confirm_loop(self, connection: Connection) -> None:
-        """Let finished streams go once a pong proves the peer processed their last frames (v2)."""
+        """Let finished streams go once a pong proves the peer processed their last frames (v2).
+
+        Runs while some finished stream waits (``_forget_ended`` starts it), confirming at most once
+        per ``CONFIRM_INTERVAL`` so that streams finishing together share one ping.
+        """
         session = self.session
         try:
-            while True:
+            while session.finished_unconfirmed:
                 await asyncio.sleep(CONFIRM_INTERVAL)
-                if session.can_confirm:
+                if session.can_confirm:  # not while a resume is being settled
                     mark = session.mark()
                     await self._wait_written()
                     pong = await connection.ping()
@@ -257,16 +281,18 @@ class Tunnel:
                     session.peer_caught_up(mark)
         except ConnectionClosed:
             pass
+        finally:
+            if self._confirm_task is asyncio.current_task():  # not a newer link's
+                self._confirm_task = None
 
     async def _flow_loop(self, connection: Connection) -> None:
         """Time the round trips the window tuner samples (a ping and its pong), and run its idle checks.
 
-        While no DATA arrives it sleeps until the first DATA (``_on_message`` wakes it), or the next
-        idle check when some window may shrink: a fleet of idle tunnels costs no timer at all.
+        Runs while the tuner has work: samples while DATA flows, idle checks while some window may
+        shrink; then it ends, and the next DATA starts it again (``_on_message``).
         """
         session, loop, idle_data = self.session, self.loop, self._flow_data
         tuner = session.tuner
-        session.flow_new_link()
         next_idle = loop.time() + IDLE_SECONDS
         try:
             while True:
@@ -278,25 +304,27 @@ class Tunnel:
                     if session.flow_sample_end(time.perf_counter() - sent_at):
                         self.wake()
                     await asyncio.sleep(SAMPLE_GAP)
-                else:
+                elif tuner.has_idle_work:
                     idle_data.clear()
                     self._flow_waiting = True
                     try:
-                        if tuner.has_idle_work:
-                            await asyncio.wait_for(idle_data.wait(), max(0.0, next_idle - loop.time()))
-                        else:  # nothing to shrink: no timer at all until DATA comes
-                            await idle_data.wait()
-                            next_idle = loop.time() + IDLE_SECONDS
+                        await asyncio.wait_for(idle_data.wait(), max(0.0, next_idle - loop.time()))
                     except asyncio.TimeoutError:
                         pass
                     finally:
                         self._flow_waiting = False
+                else:
+                    return  # nothing to time, nothing to shrink
                 if loop.time() >= next_idle:
                     next_idle = loop.time() + IDLE_SECONDS
                     if session.flow_idle():
                         self.wake()
         except ConnectionClosed:
             pass
+        finally:
+            if self._flow_task is asyncio.current_task():  # not a newer link's
+                self._flow_task = None
+                self._flow_waiting = False
 
     async def _wait_written(self) -> None:
         """Until the frames queued now are handed to the WebSocket (the ping must follow them).
@@ -320,10 +348,9 @@ class Tunnel:
         self.connection = connection
         self.detached_since = None
         self._resuming = self.session.hello is not None and self.session.role == "agent"
-        self._link_tasks = [self.loop.create_task(self._write_loop(connection)),
-                            self.loop.create_task(self._flow_loop(connection))]
-        if self.session.resumable:
-            self._link_tasks.append(self.loop.create_task(self._confirm_loop(connection)))
+        self.session.flow_new_link()
+        self._start_link_task(self._write_loop)
+        self._forget_ended()  # streams finished before a lost link still wait for confirmation
         failed: asyncio.Future[ProtocolError] = self.loop.create_future()
 
         def deliver(message: Message) -> None:
@@ -370,9 +397,10 @@ class Tunnel:
         return old
 
     def _drop_link(self) -> None:
-        for task in self._link_tasks:
+        for task in list(self._link_tasks):
             task.cancel()
-        self._link_tasks = []
+        self._link_tasks.clear()
+        self._flow_task = self._confirm_task = None
         self.connection = None
 
     async def _close_for_protocol_error(self, connection: Connection, exc: ProtocolError) -> None:
@@ -380,7 +408,7 @@ class Tunnel:
         self.close_code = CLOSE_PROTOCOL_ERROR
         log.warning("service %s: %s; closing the WebSocket (1002)", self.service_id, exc,
                     extra=fields(self.service_id, reason=str(exc), close_code=CLOSE_PROTOCOL_ERROR))
-        for task in self._link_tasks:
+        for task in list(self._link_tasks):
             task.cancel()
         closing = asyncio.ensure_future(connection.close(CLOSE_PROTOCOL_ERROR, str(exc)[:120]))
         await asyncio.sleep(0)  # the close frame is queued: now read the peer's answer again
