@@ -24,6 +24,7 @@ from . import __version__
 from .authentication import Credentials, check, still_allowed
 from .config import ConfigError, ServerConfig, load
 from .fdlimit import FdWatch, raise_soft_limit
+from .gcpolicy import FreezeAfterFullCollections
 from .identity import CertificateError, from_certificate, from_proxy_headers
 from .logfields import fields
 from .admission import Refusal, admit
@@ -39,7 +40,7 @@ from .protocol import (
     VERSIONS,
     Hello,
 )
-from .pacing import paced
+from .pacing import collector_paused, paced
 from .reports import Reports
 from .revocation import RevocationListError, load_revocation_list
 from .service import Service
@@ -137,12 +138,13 @@ class RendezvousServer:
         fleet is walked in slices, so that a reload of 8,000 services does not
         hold the relay.
         """
-        try:
-            new = (await asyncio.to_thread(load, self.config.path)).reload_view(self.config)  # a shard: its share
-            revoked, tls_context = await asyncio.to_thread(self._security, new)
-        except (ConfigError, RevocationListError, TlsSetupError) as exc:
-            log.error("reload failed, keeping the running config: %s", exc)
-            return
+        with collector_paused():  # the parse's objects would set off a full collection (pacing.py)
+            try:
+                new = (await asyncio.to_thread(load, self.config.path)).reload_view(self.config)  # a shard: its share
+                revoked, tls_context = await asyncio.to_thread(self._security, new)
+            except (ConfigError, RevocationListError, TlsSetupError) as exc:
+                log.error("reload failed, keeping the running config: %s", exc)
+                return
         for key in ("http", "ping_interval", "ping_timeout", "handshake_timeout", "resume_seconds"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("reload: %s changed; that takes effect only after a restart", key)
@@ -261,8 +263,11 @@ class RendezvousServer:
         soft, hard = raise_soft_limit()
         watch = FdWatch(soft)
         watch.start()
+        collector = FreezeAfterFullCollections(loop)
         await self.start()
+        collector.start()
         await self._stopping.wait()
+        collector.stop()
         watch.stop()
         log.info("shutting down")
         try:

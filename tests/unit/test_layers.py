@@ -28,6 +28,7 @@ RANKS: dict[str, int] = {
     "fdlimit": 1,
     "signals": 1,
     "pacing": 1,
+    "gcpolicy": 1,
     "status": 1,
     "stats": 2,
     "sharding": 1,  # which shard owns a service ID: the pure rule
