@@ -92,3 +92,10 @@ def test_the_html_view_shows_a_page_and_links_to_the_next() -> None:
     assert last.count('<tr class="service"') == 51 and "next &rarr;" not in last and "&larr; previous" in last
     found = render_html(FLEET, query=StatusQuery.parse("q=depot&limit=100")).decode()
     assert found.count('<tr class="service"') == 1 and 'value="depot"' in found
+
+
+def test_a_large_document_is_compact_for_scripts() -> None:
+    assert render_json(FLEET).startswith(b'{\n  "bus000": {')  # indented for people
+    large = {f"bus{i:04d}": {"connected": False} for i in range(1001)}
+    text = render_json(large)
+    assert text.count(b"\n") == 1 and json.loads(text) == large
