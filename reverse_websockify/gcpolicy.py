@@ -33,11 +33,13 @@ class FreezeAfterFullCollections:
         self._thaw = self.loop.call_later(THAW_SECONDS, self._thaw_now)
 
     def stop(self) -> None:
+        """At shutdown: no more collections at all. Every tunnel ending at once would set off full
+        collections of the whole fleet, seconds each, while the process is about to exit anyway."""
         if self._collected in gc.callbacks:
             gc.callbacks.remove(self._collected)
         if self._thaw is not None:
             self._thaw.cancel()
-        gc.unfreeze()
+        gc.disable()
 
     def _collected(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "stop" and info.get("generation") == 2:
