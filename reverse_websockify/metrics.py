@@ -16,8 +16,7 @@ same metric names come without the ``service`` label, summed over the fleet:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -35,9 +34,11 @@ _REASONS = tuple(StreamFailure)  # iterating an Enum class is slow; 8,000 servic
 _NO_FAILURES = (0,) * len(_REASONS)
 
 
-@dataclass(frozen=True)
-class ServiceReading:
-    """One service's numbers at scrape time: plain values, safe to format off the event loop."""
+class ServiceReading(NamedTuple):
+    """One service's numbers at scrape time: plain values, safe to format off the event loop.
+
+    A tuple, not a frozen dataclass: built for every service at every scrape, 5x cheaper.
+    """
 
     service_id: str
     bytes_to_service: int
@@ -60,15 +61,17 @@ class ServiceReading:
 
 
 def read(service: Service) -> ServiceReading:
-    snap = service.snapshot()
+    """A few attribute reads (not the status snapshot): 8,000 services are read at every scrape."""
     stats = service.stats
+    to_service, from_service, opened, users = service.totals()
+    identity = service.agent_identity if service.tunnel is not None else None
     return ServiceReading(
-        service.service_id, snap["bytes_to_service"], snap["bytes_from_service"], snap["streams_opened_total"],
+        service.service_id, to_service, from_service, opened,
         tuple(stats.failures.get(reason, 0) for reason in _REASONS) if stats.failures else _NO_FAILURES,
-        service.agent_connects, service.agent_disconnects, bool(snap["connected"]), snap["client_connection_count"],
+        service.agent_connects, service.agent_disconnects, service.agent_attached, users,
         stats.sessions_resumed, stats.sessions_expired, stats.streams_resumed, stats.bytes_retransmitted,
-        service.detached is not None, tuple(stats.refusals.items()), snap["agent_identity"],
-        tuple(stats.latency.counts), stats.latency.total)
+        service.detached is not None, tuple(stats.refusals.items()) if stats.refusals else (),
+        ", ".join(identity.names) or None if identity else None, tuple(stats.latency.counts), stats.latency.total)
 
 
 class _Family:

@@ -227,26 +227,39 @@ class Service:
 
     # -- status ---------------------------------------------------------------------------
 
+    def totals(self) -> tuple[int, int, int, int]:
+        """(bytes to the service, bytes from it, streams opened, users now): all sessions so far.
+
+        What /metrics reads of every service at every scrape, so kept to a few attribute reads.
+        """
+        tunnel = self.tunnel
+        if tunnel is None:
+            return self._bytes_to_service, self._bytes_from_service, self._streams_opened, len(self.waiting)
+        session = tunnel.session
+        return (self._bytes_to_service + session.bytes_sent, self._bytes_from_service + session.bytes_received,
+                self._streams_opened + session.streams_opened, len(self.waiting) + tunnel.stream_count)
+
     def snapshot(self) -> dict[str, Any]:
         tunnel = self.tunnel
         live = self.agent_attached
         detached = self.detached
         session = tunnel.session if tunnel is not None else None
         identity = self.agent_identity if tunnel is not None else None
+        to_service, from_service, opened, users = self.totals()
         return {
             "nickname": self.config.nickname,
             "forward_at": str(self.config.listen),
             "service_connection_since": self.connected_since if live else None,
             "service_connection_info": self.agent_address if live else None,
-            "client_connection_count": len(self.waiting) + (tunnel.stream_count if tunnel is not None else 0),
+            "client_connection_count": users,
             "connected": live,
             "agent_address": self.agent_address or None,
             "agent_version": self.agent_version or None,
             "agent_identity": ", ".join(identity.names) or None if identity else None,
             "agent_certificate_serial": f"{identity.serial:X}" if identity and identity.serial is not None else None,
-            "bytes_to_service": self._bytes_to_service + (session.bytes_sent if session else 0),
-            "bytes_from_service": self._bytes_from_service + (session.bytes_received if session else 0),
-            "streams_opened_total": self._streams_opened + (session.streams_opened if session else 0),
+            "bytes_to_service": to_service,
+            "bytes_from_service": from_service,
+            "streams_opened_total": opened,
             "last_disconnect_reason": self.last_disconnect_reason or None,
             "connected_for_seconds": round(time.monotonic() - self.connected_at, 1) if live else None,
             "disconnected_since": iso_utc(self.disconnected_at) if not live and self.disconnected_at else None,

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from reverse_websockify.protocol import SUBPROTOCOL
 from tests.support.clients import sha256, transfer
 from tests.support.deployment import Deployment
-from tests.support.ports import free_port
+from tests.support.ports import free_port, free_ports
 from tests.support.services import Service
 from tests.support.waiting import wait_for
 
@@ -84,7 +84,9 @@ def test_metrics_count_real_traffic(deployment: Deployment, echo: Service) -> No
 
 def test_a_fleet_is_filtered_paged_and_summed(deployment: Deployment, echo: Service) -> None:
     """121 services: the status pages page and filter, /metrics sums past metrics_per_service_limit."""
-    deployment.services.update({f"FLEET{i:03d}": free_port() for i in range(120)})
+    taken = set(deployment.services.values())
+    ports = [p for p in free_ports(120 + len(taken)) if p not in taken][:120]
+    deployment.services.update({f"FLEET{i:03d}": port for i, port in enumerate(ports)})
     deployment.extra_config = "metrics_per_service_limit = 50"
     deployment.write_config()
     deployment.start_server()
