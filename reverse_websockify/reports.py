@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, T
 from urllib.parse import parse_qs
 
 from . import status
-from .pacing import collector_paused, paced
+from .pacing import collector_paused, in_worker_thread, paced
 from .service import Service
 
 if TYPE_CHECKING:
@@ -64,10 +64,10 @@ async def status_page(snapshot: Callable[[], Awaitable[dict[str, dict[str, Any]]
     with collector_paused():
         entries = await snapshot()
         if as_html:
-            body = await asyncio.to_thread(lambda: status.render_html(entries, query=query))
+            body = await in_worker_thread(lambda: status.render_html(entries, query=query))
             return HTTPStatus.OK, body, "text/html; charset=utf-8"
         render = status.render_page_json if envelope else status.render_json
-        return HTTPStatus.OK, await asyncio.to_thread(render, entries, query), "application/json"
+        return HTTPStatus.OK, await in_worker_thread(lambda: render(entries, query)), "application/json"
 
 
 class Reports:
@@ -106,5 +106,5 @@ class Reports:
             switch = fields.get("per_service", [""])[-1]
             per_service = bool(chosen) or (switch in ("1", "true", "yes") if switch
                                            else services <= self._per_service_limit())
-            body, content_type = await asyncio.to_thread(render, readings, per_service, services)
+            body, content_type = await in_worker_thread(lambda: render(readings, per_service, services))
         return HTTPStatus.OK, body, content_type

@@ -40,7 +40,7 @@ from .protocol import (
     VERSIONS,
     Hello,
 )
-from .pacing import collector_paused, paced
+from .pacing import collector_paused, in_worker_thread, paced
 from .reports import Reports
 from .revocation import RevocationListError, load_revocation_list
 from .service import Service
@@ -140,8 +140,9 @@ class RendezvousServer:
         """
         with collector_paused():  # the parse's objects would set off a full collection (pacing.py)
             try:
-                new = (await asyncio.to_thread(load, self.config.path)).reload_view(self.config)  # a shard: its share
-                revoked, tls_context = await asyncio.to_thread(self._security, new)
+                path = self.config.path
+                new = (await in_worker_thread(lambda: load(path))).reload_view(self.config)  # a shard: its share
+                revoked, tls_context = await in_worker_thread(lambda: self._security(new))
             except (ConfigError, RevocationListError, TlsSetupError) as exc:
                 log.error("reload failed, keeping the running config: %s", exc)
                 return
