@@ -22,6 +22,7 @@ from bench.header import header
 from bench.progress import progress
 from bench.scenarios import Bench
 from bench.settings import Settings, parse_args
+from bench.shards_group import shards
 from bench.workloads import workloads
 from tests.support.processes import ProcessDied
 from tests.support.programs import AGENT_NAME, SERVER_NAME
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         results.header = header(settings)
         progress(f"reverse_websockify benchmark: {results.header['program_version']}; tmp {tmp}")
         bench.throughput()
+        shards(bench)
         far_link(bench)
         workloads(bench)
         bench.idle_streams()

@@ -55,6 +55,7 @@ class Results:
         self.link: dict[str, Any] = {}  # the far link emulator's validation (group far)
         self.profile: dict[str, Any] = {}  # where the wss agent's CPU goes (--profile)
         self.fleet: dict[str, Any] = {}  # group fleet: N simulated agents on one server
+        self.shards: dict[str, Any] = {}  # group shards: K busy tunnels on 1 server process and on 2 shards
         self.failures: list[str] = []
         self.notes: list[str] = []
         self.log_problems: list[str] = []
@@ -86,6 +87,7 @@ class Results:
             "link_emulator": self.link,
             "profile": self.profile,
             "fleet": self.fleet,
+            "shards": shards_json(self.shards),
             "failures": self.failures,
             "notes": self.notes,
             "log_problems": self.log_problems,
@@ -140,6 +142,8 @@ class Results:
             out.append("| CPU during that run, cores: agent / nginx / server | " + " | ".join(
                 " / ".join(f"{c:.2f}" for c in self.profile[w]["cores"].values()) for w in ways) + " |")
             out.append("")
+        if self.shards:
+            out += shards_markdown(self.shards)
         if self.fleet:
             out += fleet_markdown(self.fleet)
         for note in self.notes:
@@ -169,6 +173,8 @@ class Results:
             more += f", far link iperf3 -t {s.far_seconds}"
         if "workloads" in s.only:
             more += f", redis-benchmark -n {s.redis_requests}, pgbench -T {s.pgbench_seconds}"
+        if "shards" in s.only:
+            more += f", shards: {s.shard_tunnels} busy tunnels"
         return more
 
 
@@ -313,4 +319,48 @@ def fleet_markdown(f: dict[str, Any]) -> list[str]:
         out += [f"| fleet: {n} simulated agents (bench/fleet) | value |", "|---|---:|"]
         out += [f"| {label} | {value} |" for label, value in lines]
         out.append("")
+    return out
+
+
+SHARDS_ONE, SHARDS_TWO = "1 process", "2 shards"  # the columns of group shards (bench/shards_group.py)
+
+
+def _shard_ratios(r: dict[str, Any]) -> list[float]:
+    return [t / o for o, t in zip(r[SHARDS_ONE], r[SHARDS_TWO]) if o is not None and t is not None and o > 0]
+
+
+def shards_json(f: dict[str, Any]) -> dict[str, Any]:
+    """Group shards with, for every row, the per-repetition ratios 2 shards ÷ 1 process and the medians."""
+    if not f:
+        return {}
+    rows = {key: {**r, "ratio_2_shards_to_1_process": _shard_ratios(r),
+                  "median": {SHARDS_ONE: _med(r[SHARDS_ONE]), SHARDS_TWO: _med(r[SHARDS_TWO]),
+                             "ratio": _med(_shard_ratios(r))}}
+            for key, r in f.get("rows", {}).items()}
+    return {**f, "rows": rows}
+
+
+def shards_markdown(f: dict[str, Any]) -> list[str]:
+    """Group shards: K busy tunnels at once, 1 server process against 2 shards; the ratio is per repetition."""
+    out = [f"| shards: {f.get('tunnels')} busy tunnels at once (one agent each) | unit | 1 process | "
+           f"{f.get('shards')} shards | {f.get('shards')} shards ÷ 1 process |", "|---|---|---:|---:|---:|"]
+    for r in f.get("rows", {}).values():
+        ratio = fmt(median_spread(_shard_ratios(r)), 2, pct=True) if r.get("ratio", True) else "–"
+        out.append(f"| {r['label']} | {r['unit']} | {fmt(median_spread(r[SHARDS_ONE]), r['digits'])} | "
+                   f"{fmt(median_spread(r[SHARDS_TWO]), r['digits'])} | {ratio} |")
+    out.append("")
+    split = f.get("cpu_split", {})
+    if split:
+        names = sorted({n for runs in split.values() for run in runs for n in run})
+        out += [f"| shards: where the {f.get('shards')} shards' CPU went (cores, median) | " + " | ".join(names) + " |",
+                "|---|" + "---:|" * len(names)]
+        for test, runs in split.items():
+            label = f.get("rows", {}).get(test, {}).get("label", test).split(":")[0]
+            out.append(f"| {label} | " + " | ".join(
+                fmt(median_spread([run.get(n) for run in runs]), 2) for n in names) + " |")
+        out.append("")
+    peak = f.get("peak_rss_kib")
+    if peak:
+        out += ["- shards: peak RSS (VmHWM, summed over the process tree) of the server: " + ", ".join(
+            f"{what} {mib(kib)}" for what, kib in peak.items()) + " (2 shards: the supervisor and both shards)", ""]
     return out

@@ -32,6 +32,7 @@ class Settings:
     fleet_seconds: int = 10  # wrk -d through the real agent (group fleet)
     fleet_idle_seconds: int = 10  # the window of the idle-CPU figure (group fleet)
     fleet_reattach_wait: int = 180  # how long a restart waits for the fleet to be back (group fleet)
+    shard_tunnels: int = 4  # busy tunnels loaded at once, on 1 server process and on 2 shards (group shards)
 
     @property
     def programs(self) -> Programs:
@@ -43,7 +44,9 @@ class Settings:
         return f"binaries ({self.binaries})" if self.binaries else "package (python3 -m reverse_websockify.cli.*)"
 
 
-GROUPS = ("bulk", "requests", "connections", "stall", "idle-streams", "agents", "wss", "far", "workloads", "fleet")
+GROUPS = ("bulk", "requests", "connections", "stall", "idle-streams", "agents", "wss", "far", "workloads", "fleet",
+          "shards")
+NOT_IN_QUICK = {"shards"}  # run with --quick only when asked by --only (it takes ~1 min even then)
 FAR_RATE_MBIT = 200  # the emulated far link's rate, each direction (issue 13)
 
 
@@ -80,6 +83,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
                    help="group fleet: simulated agents (default 8000, fewer if the descriptor limit is lower; 50 with --quick)")
     p.add_argument("--fleet-seconds", type=int, metavar="S",
                    help="group fleet: wrk -d through the real agent (default 10; 3 with --quick)")
+    p.add_argument("--shard-tunnels", type=int, metavar="N",
+                   help="group shards: busy tunnels loaded at once, split over 2 shards (default 4)")
     p.add_argument("--profile", action="store_true",
                    help="group wss: where the agent's CPU goes on the wss path (needs py-spy: pip install py-spy)")
     p.add_argument("--only", metavar="GROUPS", help=f"comma-separated subset of: {', '.join(GROUPS)}")
@@ -90,7 +95,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
                    help="abort the whole run after S seconds (default 300 with --quick, 2700 otherwise)")
     a = p.parse_args(argv)
     q = a.quick
-    only = set(GROUPS)
+    only = set(GROUPS) - (NOT_IN_QUICK if q else set())
     if a.only:
         only = {g.strip() for g in a.only.split(",") if g.strip()}
         unknown = only - set(GROUPS)
@@ -118,9 +123,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         fleet_seconds=a.fleet_seconds or (3 if q else 10),
         fleet_idle_seconds=2 if q else 10,
         fleet_reattach_wait=30 if q else 180,
+        shard_tunnels=a.shard_tunnels if a.shard_tunnels is not None else 4,
     )
     if s.repeat < 1:
         p.error("--repeat must be at least 1")
+    if s.shard_tunnels < 2:
+        p.error("--shard-tunnels must be at least 2 (one per shard)")
     if a.time_limit is None:
         a.time_limit = 300 if q else 2700
     return s, a
