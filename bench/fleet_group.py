@@ -394,7 +394,9 @@ class FleetRun:
             if web_back is None and self.ready():
                 web_back = time.monotonic() - killed
             st = self.generator.status()
-            if all_back is None and st.get("attached") == self.n:
+            # Attached again, each of them: the count alone may still be the one from before the signal.
+            reattached = int(st.get("attaches") or 0) - int(before.get("attaches") or 0)
+            if all_back is None and st.get("attached") == self.n and reattached >= self.n:
                 all_back = time.monotonic() - killed
             if all_back is not None and web_back is not None:
                 break

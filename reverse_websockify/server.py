@@ -40,6 +40,7 @@ from .protocol import (
     VERSIONS,
     Hello,
 )
+from .liveness import FleetKeepalive
 from .pacing import collector_paused, in_worker_thread, paced
 from .reports import Reports
 from .revocation import RevocationListError, load_revocation_list
@@ -87,6 +88,7 @@ class RendezvousServer:
         self._certificates_seen = config.tls is not None and config.tls.client_ca is not None
         self._warned_unguarded: set[str] = set()
         self._stopping = asyncio.Event()
+        self.keepalive = FleetKeepalive(config.ping_interval, config.ping_timeout)
         self.reports = Reports(lambda: self.services.values(), lambda: self.config.metrics_per_service_limit)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -102,7 +104,8 @@ class RendezvousServer:
                 http.host,
                 http.port,
                 process_request=self._route,
-                **connection_options(ping_interval=self.config.ping_interval, ping_timeout=self.config.ping_timeout,
+                # keepalive: one FleetKeepalive for every agent, not a websockets task each (liveness.py)
+                **connection_options(ping_interval=None, ping_timeout=None,
                                      open_timeout=self.config.handshake_timeout, subprotocols=self._subprotocols),
                 server_header=f"reverse_websockify/{__version__}",
                 ssl=self._tls_context,
@@ -269,6 +272,7 @@ class RendezvousServer:
         collector.start()
         await self._stopping.wait()
         collector.stop()
+        self.keepalive.stop()
         watch.stop()
         log.info("shutting down")
         try:
@@ -420,12 +424,14 @@ class RendezvousServer:
                 tunnel.session.start(_hello(False, keep))
             service.attach(tunnel, address, version, identity)
         kept = False
+        self.keepalive.watch(connection)
         try:
             kept = await tunnel.run(connection)
         except Exception:  # a bug: log it here, websockets' own logger is quiet
             log.exception("service %s: tunnel failed", service.service_id)
             raise
         finally:
+            self.keepalive.forget(connection)
             service.link_ended(tunnel, kept)
 
 

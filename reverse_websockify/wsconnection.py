@@ -24,12 +24,13 @@ Control frames, the handshake and the closing handshake stay websockets' own.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable, Union
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
 from .protocol import CLOSE_ABNORMAL, MAX_MESSAGE, SUBPROTOCOL, SUBPROTOCOL_V2
@@ -51,7 +52,7 @@ MessageSink = Callable[[Message], None]
 _BINARY, _TEXT, _CONT = Opcode.BINARY, Opcode.TEXT, Opcode.CONT
 
 
-def connection_options(*, ping_interval: float, ping_timeout: float, open_timeout: float,
+def connection_options(*, ping_interval: float | None, ping_timeout: float | None, open_timeout: float,
                        subprotocols: tuple[str, ...] = (SUBPROTOCOL_V2, SUBPROTOCOL)) -> dict[str, Any]:
     """The keyword arguments of websockets' ``serve()`` and ``connect()`` that both programs share.
 
@@ -121,6 +122,20 @@ class DirectDelivery:
 class DirectServerConnection(DirectDelivery, ServerConnection):
     admission: Any = None  # what the server decided while routing the handshake (e.g. the session to resume)
     identity: Any = None  # the AgentIdentity its client certificate carries, if any
+    last_heard = 0.0  # time.monotonic() of the last bytes from the agent (liveness.py)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        super().data_received(data)
+
+
+async def fail_keepalive(connection: Connection) -> None:
+    """Drop a link whose peer did not answer a ping in time, exactly as websockets' keepalive does."""
+    try:
+        async with connection.send_context():
+            connection.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+    except ConnectionClosed:
+        pass
 
 
 class DirectClientConnection(DirectDelivery, ClientConnection):
@@ -191,6 +206,7 @@ __all__ = [
     "DirectServerConnection",
     "connection_options",
     "describe_close",
+    "fail_keepalive",
     "pause_reading",
     "resume_reading",
     "wait_closed_or",

@@ -45,6 +45,7 @@ RANKS: dict[str, int] = {
     "session": 4,
     # the asyncio layer: sockets, timers, dialling
     "streams": 5,
+    "liveness": 3,  # one keepalive timer for the fleet (websockets' internals via wsconnection)
     "user_side": 6,
     "service_side": 6,
     "tunnel": 7,
