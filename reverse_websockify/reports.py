@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, Mapping, TypeVar
 from urllib.parse import parse_qs
 
 from . import status
@@ -54,14 +54,25 @@ Page = tuple[HTTPStatus, bytes, str]
 
 
 async def status_page(snapshot: Callable[[], Awaitable[dict[str, dict[str, Any]]]], query_string: str, accept: str,
-                      envelope: bool) -> Page:
-    """``/`` (the original document, or HTML for a browser) and ``/services`` (a page with counts)."""
+                      envelope: bool,
+                      page_of: Callable[[status.StatusQuery], Awaitable[status.StatusPage]] | None = None) -> Page:
+    """``/`` (the original document, or HTML for a browser) and ``/services`` (a page with counts).
+
+    ``page_of``: a cheaper way to a page than every service's snapshot (HTML and /services with a limit).
+    """
     as_html = not envelope and "text/html" in accept
     try:
         query = status.StatusQuery.parse(query_string, status.HTML_PAGE_ROWS if as_html else None)
     except status.StatusQueryError as exc:
         return HTTPStatus.BAD_REQUEST, f"{exc}\n".encode(), "text/plain; charset=utf-8"
     with collector_paused():
+        if page_of is not None and (as_html or envelope) and query.limit is not None:
+            page = await page_of(query)
+            if as_html:
+                body = await in_worker_thread(lambda: status.render_html_page(page, query))
+                return HTTPStatus.OK, body, "text/html; charset=utf-8"
+            return HTTPStatus.OK, await in_worker_thread(lambda: status.render_page_document(page, query)), \
+                "application/json"
         entries = await snapshot()
         if as_html:
             body = await in_worker_thread(lambda: status.render_html(entries, query=query))
@@ -73,24 +84,38 @@ async def status_page(snapshot: Callable[[], Awaitable[dict[str, dict[str, Any]]
 class Reports:
     """``/``, ``/services`` and ``/metrics`` for the server's current services."""
 
-    def __init__(self, services: Callable[[], Iterable[Service]], per_service_limit: Callable[[], int]) -> None:
+    def __init__(self, services: Callable[[], Mapping[str, Service]], per_service_limit: Callable[[], int]) -> None:
         self._services = services
         self._per_service_limit = per_service_limit
         self._snapshots: Shared[dict[str, dict[str, Any]]] = Shared(self._read_snapshots)
+        self._briefs: Shared[dict[str, dict[str, Any]]] = Shared(self._read_briefs)
         self._readings: Shared[list[ServiceReading]] = Shared(self._read_metrics)
 
     async def _read_snapshots(self) -> dict[str, dict[str, Any]]:
-        services = list(self._services())
-        snapshots = await read_in_slices(services, Service.snapshot)
-        return {service.service_id: snap for service, snap in zip(services, snapshots)}
+        return await self._read_all(Service.snapshot)
+
+    async def _read_briefs(self) -> dict[str, dict[str, Any]]:
+        return await self._read_all(Service.brief)
+
+    async def _read_all(self, read: Callable[[Service], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        services = list(self._services().values())
+        entries = await read_in_slices(services, read)
+        return {service.service_id: entry for service, entry in zip(services, entries)}
+
+    async def _page(self, query: status.StatusQuery) -> status.StatusPage:
+        """Filter and count on every service's brief entry; the whole entry only for the page's rows."""
+        brief = status.StatusPage.of(await self._briefs.get(), query)
+        services = self._services()
+        rows = {sid: services[sid].snapshot() for sid in brief.services if sid in services}
+        return status.StatusPage(rows, brief.matched, brief.totals)
 
     async def _read_metrics(self) -> list[ServiceReading]:
         from .metrics import read  # prometheus_client is imported on the first scrape, not at start
 
-        return await read_in_slices(self._services(), read)
+        return await read_in_slices(self._services().values(), read)
 
     async def status(self, query_string: str, accept: str, envelope: bool) -> Page:
-        return await status_page(self._snapshots.get, query_string, accept, envelope)
+        return await status_page(self._snapshots.get, query_string, accept, envelope, page_of=self._page)
 
     async def metrics(self, query_string: str) -> Page:
         """Per-service series up to the configured number of services, or when asked; fleet sums otherwise."""

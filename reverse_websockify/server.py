@@ -89,7 +89,7 @@ class RendezvousServer:
         self._warned_unguarded: set[str] = set()
         self._stopping = asyncio.Event()
         self.keepalive = FleetKeepalive(config.ping_interval, config.ping_timeout)
-        self.reports = Reports(lambda: self.services.values(), lambda: self.config.metrics_per_service_limit)
+        self.reports = Reports(lambda: self.services, lambda: self.config.metrics_per_service_limit)
 
     # -- lifecycle ----------------------------------------------------------------------
 

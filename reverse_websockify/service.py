@@ -239,6 +239,15 @@ class Service:
         return (self._bytes_to_service + session.bytes_sent, self._bytes_from_service + session.bytes_received,
                 self._streams_opened + session.streams_opened, len(self.waiting) + tunnel.stream_count)
 
+    def brief(self) -> dict[str, Any]:
+        """The keys of ``snapshot`` that filtering, paging and fleet totals read (status.py), at a fraction
+        of its cost: a 100-row page of 8,000 services needs these of all and the whole entry of 100."""
+        to_service, from_service, _, users = self.totals()
+        detached = self.detached
+        return {"nickname": self.config.nickname, "connected": self.agent_attached,
+                "reconnecting_since": True if detached is not None and detached.detached_since else None,
+                "client_connection_count": users, "bytes_to_service": to_service, "bytes_from_service": from_service}
+
     def snapshot(self) -> dict[str, Any]:
         tunnel = self.tunnel
         live = self.agent_attached

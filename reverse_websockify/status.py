@@ -113,12 +113,30 @@ def render_json(snapshot: Mapping[str, Mapping[str, Any]], query: StatusQuery = 
     return _json(page, len(page))
 
 
+@dataclass(frozen=True)
+class StatusPage:
+    """The rows a query asks for, how many matched, and the fleet's totals."""
+
+    services: Mapping[str, Mapping[str, Any]]
+    matched: int
+    totals: Mapping[str, int]
+
+    @classmethod
+    def of(cls, snapshot: Mapping[str, Mapping[str, Any]], query: StatusQuery) -> StatusPage:
+        """From every service's entry; entries need only the keys ``select`` and ``summarize`` read."""
+        page, matched = select(snapshot, query)
+        return cls(page, matched, summarize(snapshot))
+
+
 def render_page_json(snapshot: Mapping[str, Mapping[str, Any]], query: StatusQuery) -> bytes:
+    return render_page_document(StatusPage.of(snapshot, query), query)
+
+
+def render_page_document(page: StatusPage, query: StatusQuery) -> bytes:
     """``/services``: one page with the counts to fetch the next (``matched``) and the fleet's totals."""
-    page, matched = select(snapshot, query)
-    document = {"summary": summarize(snapshot), "matched": matched, "offset": query.offset, "limit": query.limit,
-                "services": page}
-    return _json(document, len(page))
+    document = {"summary": page.totals, "matched": page.matched, "offset": query.offset, "limit": query.limit,
+                "services": page.services}
+    return _json(document, len(page.services))
 
 
 def _json(document: Mapping[str, Any], services: int) -> bytes:
@@ -183,11 +201,15 @@ def render_html(snapshot: Mapping[str, Mapping[str, Any]], *, refresh_seconds: i
     The totals are the whole fleet's; the table is the query's page (100 rows by default).
     """
     query = query or StatusQuery(limit=HTML_PAGE_ROWS)
+    return render_html_page(StatusPage.of(snapshot, query), query, refresh_seconds=refresh_seconds)
+
+
+def render_html_page(status_page: StatusPage, query: StatusQuery, *, refresh_seconds: int = 5) -> bytes:
     now = datetime.now(timezone.utc)
-    totals = summarize(snapshot)
-    online, streams = totals["online"], totals["active_streams"]
+    totals = status_page.totals
+    online, streams, services = totals["online"], totals["active_streams"], totals["services"]
     to_service, from_service = totals["bytes_to_service"], totals["bytes_from_service"]
-    page, matched = select(snapshot, query)
+    page, matched = status_page.services, status_page.matched
     rows = []
     for service_id, s in page.items():
         state, how_long = _state(s, now)
@@ -217,7 +239,7 @@ def render_html(snapshot: Mapping[str, Mapping[str, Any]], *, refresh_seconds: i
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{int(refresh_seconds)}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>reverse_websockify: {online}/{len(snapshot)} online</title>
+<title>reverse_websockify: {online}/{services} online</title>
 <style>
 body{{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;color:#222;background:#fafafa}}
 h1{{font-size:1.4em;margin:0 0 .3em}} form{{margin:0 0 .8em}} form *{{margin-right:.4em}} .totals{{margin:.2em 0 1em;color:#444}}
@@ -231,7 +253,7 @@ td:nth-child(7),td:nth-child(8),td:nth-child(9),td:nth-child(10){{text-align:rig
 footer{{margin-top:1em;color:#777;font-size:.85em}}
 </style></head><body>
 <h1>reverse_websockify</h1>
-<p class="totals" id="totals"><b>{online}</b> of <b>{len(snapshot)}</b> services online &middot;
+<p class="totals" id="totals"><b>{online}</b> of <b>{services}</b> services online &middot;
 <b>{streams}</b> active streams &middot; <b>{html.escape(_human_bytes(to_service))}</b> to services &middot;
 <b>{html.escape(_human_bytes(from_service))}</b> from services</p>
 {_filter_form(query, matched, len(page))}

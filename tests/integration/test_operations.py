@@ -100,6 +100,11 @@ def test_a_fleet_is_filtered_paged_and_summed(deployment: Deployment, echo: Serv
     assert code == 200 and list(page["services"]) == ["BUS1"] and page["matched"] == 1
     assert page["summary"]["services"] == 121 and page["summary"]["online"] == 1
     assert page["services"]["BUS1"]["bytes_to_service"] == len(payload)
+    code, body = _get(deployment, "/services?limit=5&offset=1")  # paged: read from the services' brief entries
+    paged = json.loads(body)
+    assert code == 200 and paged["summary"] == page["summary"] and paged["matched"] == 121
+    assert list(paged["services"]) == list(deployment.status())[1:6]
+    assert paged["services"]["FLEET000"] == deployment.status()["FLEET000"]  # the whole entry for the rows
     code, body = _get(deployment, "/?q=fleet11&limit=5")
     assert code == 200 and list(json.loads(body)) == [f"FLEET11{i}" for i in range(5)]
     assert _get(deployment, "/?state=asleep") == (400, "state: expected one of online, reconnecting, offline, "
