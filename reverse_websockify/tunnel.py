@@ -77,6 +77,22 @@ SAMPLE_GAP = 0.02
 """Between two round-trip samples of the window tuner (flow.WindowTuner), while data flows."""
 
 
+async def write_session(session: Session, wakeup: asyncio.Event, connection: Connection,
+                        after_taking: Callable[[], None] = lambda: None) -> None:
+    """Everything the session queued since the last wake-up goes out in one write, until the link closes."""
+    try:
+        while True:
+            frames = session.data_to_send()
+            after_taking()
+            if not frames:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            await write_frames(connection, frames)
+    except ConnectionClosed:
+        pass
+
+
 class Tunnel:
     def __init__(
         self,
@@ -249,19 +265,7 @@ class Tunnel:
         self._wakeup.set()
 
     async def _write_loop(self, connection: Connection) -> None:
-        """Everything the session queued since the last wake-up goes out in one write."""
-        session, wakeup = self.session, self._wakeup
-        try:
-            while True:
-                frames = session.data_to_send()
-                self._forget_ended()
-                if not frames:
-                    wakeup.clear()
-                    await wakeup.wait()
-                    continue
-                await write_frames(connection, frames)
-        except ConnectionClosed:
-            pass
+        await write_session(self.session, self._wakeup, connection, self._forget_ended)
 
     async def _confirm_loop(self, connection: Connection) -> None:
         """Let finished streams go once a pong proves the peer processed their last frames (v2).

@@ -4,7 +4,7 @@ What it shares with ``reverse_websockify_agent_service_side`` (imported, not rew
 handshake options (``connection_options``: subprotocols v2 then v1, no compression, the size
 limit, keepalive pings — websockets answers the server's pings), the User-Agent, the connection
 class that hands each message over in the read callback (``DirectClientConnection``), the batched
-frame writer (``write_frames``), the backoff with jitter (``backoff_delays``), the "retry at once
+frame writer (``write_session``), the backoff with jitter (``backoff_delays``), the "retry at once
 after a lost link" rule (``AT_ONCE_AFTER``, ``LINK_LOST``), the session resume header, and the
 whole stream table with flow control (``Session``, protocol v1 and v2). What it leaves out: TLS,
 proxies, dialing a TCP service (an OPEN is answered in-process: every byte comes back, FIN for
@@ -34,14 +34,13 @@ from reverse_websockify.session import (
     StreamReset,
     Session,
 )
-from reverse_websockify.tunnel import LINK_LOST
+from reverse_websockify.tunnel import LINK_LOST, write_session
 from reverse_websockify.wsconnection import (
     ConnectionClosed,
     DirectClientConnection,
     connection_options,
     describe_close,
     wait_closed_or,
-    write_frames,
 )
 
 if TYPE_CHECKING:
@@ -175,7 +174,7 @@ class SimAgent:
             except ProtocolError as exc:
                 failed.set_result(exc)
 
-        writer = asyncio.ensure_future(self._write_loop(session, connection))
+        writer = asyncio.ensure_future(write_session(session, self._wakeup, connection))
         try:
             connection.deliver_to(deliver)
             await wait_closed_or(connection, failed)
@@ -264,20 +263,6 @@ class SimAgent:
         if sid in self._fin_pending:
             self._fin_pending.discard(sid)
             session.send_fin(sid)
-
-    async def _write_loop(self, session: Session, connection: DirectClientConnection) -> None:
-        """The tunnel's writer: what the session queued since the last wake-up goes out in one write."""
-        wakeup = self._wakeup
-        try:
-            while True:
-                frames = session.data_to_send()
-                if not frames:
-                    wakeup.clear()
-                    await wakeup.wait()
-                    continue
-                await write_frames(connection, frames)
-        except ConnectionClosed:
-            pass
 
     async def _confirm(self, session: Session, connection: DirectClientConnection) -> None:
         """v2: finished streams are let go once a pong shows the server processed their last frames."""
