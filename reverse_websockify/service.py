@@ -12,6 +12,7 @@ connection that keepalive has not caught yet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from datetime import datetime, timezone
@@ -29,7 +30,9 @@ from .user_side import WaitingUser, refuse_user
 log = logging.getLogger("reverse_websockify.server")
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def iso_utc(timestamp: float) -> str:
+    """Cached: a disconnect's time is formatted for every status read, 8,000 times a page in a fleet."""
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
