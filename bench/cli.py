@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     results.header["duration_s"] = round(time.monotonic() - started)
     results.header["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if settings.quick:
-        results.notes.append(f"--quick: 1 repetition, short durations, {settings.agents} agents instead of 200")
+        results.notes.append(f"--quick: {settings.repeat} repetition(s), short durations, {settings.agents} agents "
+                             "instead of 200")
     elif settings.agents != 200:
         results.notes.append(f"{settings.agents} agents instead of 200")
 

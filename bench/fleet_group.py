@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from bench.errors import BenchError
 from bench.fixtures import StaticFilesNginx
 from bench.fleet.config import free_ports_in_range, service_ids, write_config
-from bench.processes import register, start_process
+from bench.processes import register
 from bench.progress import progress
 from bench.tools import wrk
 from tests.support import probes
 from tests.support.deployment import Deployment
 from tests.support.processes import Process
-from tests.support.programs import REPO, SERVER_NAME
+from tests.support.programs import REPO
 from tests.support.waiting import WaitTimeout, wait_for
 
 if TYPE_CHECKING:
@@ -453,7 +453,7 @@ def fleet(bench: Bench) -> None:
         run.wrk("baseline: only the real agent")
         run.attach()
         run.out["fleet_http"] = run.single_gets()
-        progress(f"  single GETs with the fleet: " + ", ".join(
+        progress("  single GETs with the fleet: " + ", ".join(
             f"{k} {v['seconds'] * 1000:.0f} ms ({v['bytes']} B)" for k, v in run.out["fleet_http"].items()))
         run.loaded()
         run.reload_seconds()

@@ -197,7 +197,7 @@ def memory_lines(m: dict[str, Any]) -> list[tuple[str, str]]:
     if idle:
         n = idle["opened"]
         lines += [
-            (f"idle streams: opened and echoed / asked", f"{n} / {idle['asked']}"),
+            ("idle streams: opened and echoed / asked", f"{n} / {idle['asked']}"),
             (f"server RSS before → with {n} idle streams", f"{mib(idle['server_before_kib'])} → {mib(idle['server_after_kib'])}"),
             ("server RSS per idle stream", f"{idle['server_per_stream_kib']:.1f} KiB"),
             (f"agent RSS before → with {n} idle streams", f"{mib(idle['agent_before_kib'])} → {mib(idle['agent_after_kib'])}"),
@@ -264,7 +264,7 @@ def fleet_markdown(f: dict[str, Any]) -> list[str]:
     lines: list[tuple[str, str]] = []
     att = f.get("attach")
     if att:
-        lines += [(f"simulated agents attached / started", f"{att.get('attached')} / {n}"),
+        lines += [("simulated agents attached / started", f"{att.get('attached')} / {n}"),
                   (f"time for all {n} to attach (first attempts ramp in: ≤ 256 handshakes in flight)",
                    _s(att.get("all_attached_seconds"))),
                   ("attach rate", f"{att.get('attach_rate_per_second')} agents/s"),

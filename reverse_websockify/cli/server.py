@@ -128,13 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     from ..server import RendezvousServer, StartupError
     from ..tls import TlsSetupError
 
-    async def serve() -> None:
+    async def serve_one() -> None:
         shard = f", shard {config.shard} of {len(config.shards)}" if config.shards is not None else ""
         await RendezvousServer(config, started_as=f"{version_text(PROGRAM)} on {loop_name()}{shard}").serve_forever()
 
-    if run_shards or args.shards_status:
-        serve = _shards_main(config, path, args, supervise=run_shards)  # noqa: F811
-
+    serve = _shards_main(config, path, args, supervise=run_shards) if run_shards or args.shards_status else serve_one
     try:
         run_event_loop(serve, args.event_loop)
     except (StartupError, TlsSetupError, RevocationListError) as exc:
