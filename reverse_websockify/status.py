@@ -17,7 +17,7 @@ import html
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import parse_qs, urlencode
 
 STATES = ("online", "reconnecting", "offline")
@@ -140,7 +140,25 @@ def render_page_document(page: StatusPage, query: StatusQuery) -> bytes:
 
 
 def _json(document: Mapping[str, Any], services: int) -> bytes:
-    return json.dumps(document, indent=2 if services <= PRETTY_LIMIT else None).encode() + b"\n"
+    if services <= PRETTY_LIMIT:
+        return json.dumps(document, indent=2).encode() + b"\n"
+    return "".join(_compact(document)).encode() + b"\n"
+
+
+def _compact(value: Any) -> Iterator[str]:
+    """Compact JSON, one C-encoder call per entry of a mapping of mappings.
+
+    Formatting runs in a worker thread, but the C encoder holds the interpreter lock for the whole of
+    one call: 4.9 MB in one call held every tunnel for ~70 ms. Between calls the event loop gets in.
+    """
+    if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield f"{', ' if i else ''}{json.dumps(key)}: "
+            yield from _compact(item) if isinstance(item, Mapping) and len(item) > 50 else (json.dumps(item),)
+        yield "}"
+    else:
+        yield json.dumps(value)
 
 
 def _human_bytes(n: int) -> str:
