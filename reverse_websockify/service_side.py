@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .errors import describe_error
 from .session import Session
-from .streams import StreamEndpoint, Wake, peer_name
+from .streams import Outlet, StreamEndpoint, peer_name
 
 log = logging.getLogger("reverse_websockify.stream")
 
@@ -34,9 +34,9 @@ class DialTarget:
 
 
 class ServiceStream(StreamEndpoint):
-    def __init__(self, session: Session, stream_id: int, wake: Wake, service_id: str, user: str,
+    def __init__(self, session: Session, stream_id: int, outlet: Outlet, service_id: str, user: str,
                  target: DialTarget, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(session, stream_id, wake, service_id)
+        super().__init__(session, stream_id, outlet, service_id)
         self.user = user  # the user's address as the server reported it in OPEN
         self._pending: list[bytes | memoryview] | None = []  # DATA held while dialling; None once connected
         self._pending_fin = False

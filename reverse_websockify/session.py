@@ -148,6 +148,7 @@ class Session:
         # send DATA right after OPEN, and the agent holds it until its dial succeeds.
         self._gated = role == "server"
         self._outgoing: list[bytes] = []
+        self.queued_data = 0  # payload bytes of the DATA in _outgoing that local reads queued (streams.Outlet)
         self._ended: list[int] = []
         # v2 only:
         self._holding = False  # detached, or the peer's RESUME report is not in yet: DATA and FIN wait
@@ -169,7 +170,12 @@ class Session:
         if self._awaiting_hello:
             return []  # v2 agent: nothing goes out before the server's HELLO says which session this is
         frames, self._outgoing = self._outgoing, []
+        self.queued_data = 0
         return frames
+
+    def _clear_output(self) -> None:
+        self._outgoing.clear()
+        self.queued_data = 0
 
     def ended_streams(self) -> list[int] | tuple[int, ...]:
         """Ids of the streams that left the table since the last call (for the endpoint table)."""
@@ -220,6 +226,7 @@ class Session:
             log.keep(state.sent - size, size, frame)
         if not self._holding:
             self._outgoing.append(frame)
+            self.queued_data += size
         self.bytes_sent += size
 
     def send_fin(self, stream_id: int) -> bool:
@@ -316,7 +323,7 @@ class Session:
         self._finished.clear()
         self._open_text.clear()
         self._held_resets.clear()
-        self._outgoing.clear()
+        self._clear_output()
         self._ended.clear()
         return ids
 
@@ -327,7 +334,7 @@ class Session:
         if self.role != "server" or not self.resumable:
             raise RuntimeError("only a v2 server names sessions")
         self.hello = hello
-        self._outgoing.clear()
+        self._clear_output()
         self._outgoing.append(encode_hello(hello))
         if hello.resumed:
             self._send_report()
@@ -339,7 +346,7 @@ class Session:
         """
         self._holding = True
         self._peer_report = None
-        self._outgoing.clear()
+        self._clear_output()
         if self.role == "agent":
             self._awaiting_hello = True
 
@@ -459,7 +466,7 @@ class Session:
         if hello.resumed:
             if previous is None or previous.session_id != hello.session_id:
                 raise ProtocolError("HELLO resumes a session this agent did not ask for")
-            self._outgoing.clear()  # whatever was queued before HELLO is in the report
+            self._clear_output()  # whatever was queued before HELLO is in the report
             self._send_report()
             return []
         events: list[Event] = [StreamReset(stream_id, NOT_RESUMED, False) for stream_id in self.streams]
@@ -467,7 +474,7 @@ class Session:
         self.tuner.clear()
         self._finished.clear()
         self._held_resets.clear()
-        self._outgoing.clear()
+        self._clear_output()
         self._ended.extend(event.stream_id for event in events)
         self.highest_id = 0  # a new session: the server counts from 1 again
         self._holding = False

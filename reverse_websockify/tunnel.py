@@ -48,7 +48,7 @@ from .session import (
     StreamReset,
 )
 from .stats import ServiceStats
-from .streams import StreamEndpoint
+from .streams import Outlet, StreamEndpoint
 from .user_side import UserStream, WaitingUser
 from .wsconnection import (
     Connection,
@@ -120,6 +120,7 @@ class Tunnel:
         self._open_timeout = open_timeout
         self._endpoints: dict[int, StreamEndpoint] = {}
         self._wakeup = asyncio.Event()
+        self._outlet = Outlet(self._wakeup.set)
         self._flow_data = asyncio.Event()  # DATA arrived while the flow task waited for an idle check
         self._flow_waiting = False
         # Tasks of the current link. The flow and confirmation tasks run only while they have work
@@ -148,7 +149,7 @@ class Tunnel:
         stream_id = self.session.open_stream(user.peer)
         if stream_id is None:
             return False
-        stream = UserStream(self.session, stream_id, self.wake, self.service_id, user, loop=self.loop,
+        stream = UserStream(self.session, stream_id, self._outlet, self.service_id, user, loop=self.loop,
                             open_timeout=self._open_timeout, stats=self.stats)
         self._endpoints[stream_id] = stream
         self.wake()
@@ -221,7 +222,7 @@ class Tunnel:
         target = self._dial_target
         if target is None:  # pragma: no cover (the session refuses OPEN on the server)
             raise RuntimeError("OPEN on a tunnel that has no service to dial")
-        self._endpoints[event.stream_id] = ServiceStream(self.session, event.stream_id, self.wake, self.service_id,
+        self._endpoints[event.stream_id] = ServiceStream(self.session, event.stream_id, self._outlet, self.service_id,
                                                          event.peer, target, self.loop)
 
     def _resumed(self, event: SessionResumed) -> None:
@@ -265,7 +266,11 @@ class Tunnel:
         self._wakeup.set()
 
     async def _write_loop(self, connection: Connection) -> None:
-        await write_session(self.session, self._wakeup, connection, self._forget_ended)
+        await write_session(self.session, self._wakeup, connection, self._after_taking)
+
+    def _after_taking(self) -> None:
+        self._forget_ended()
+        self._outlet.release()
 
     async def _confirm_loop(self, connection: Connection) -> None:
         """Let finished streams go once a pong proves the peer processed their last frames (v2).

@@ -19,7 +19,7 @@ from .logfields import fields
 from .reasons import StreamFailure
 from .session import Session
 from .stats import ServiceStats
-from .streams import READ_AHEAD, StreamEndpoint, Wake, peer_name, reset_connection
+from .streams import READ_AHEAD, Outlet, StreamEndpoint, peer_name, reset_connection
 
 log = logging.getLogger("reverse_websockify.stream")
 
@@ -83,9 +83,9 @@ class WaitingUser(asyncio.Protocol):
 class UserStream(StreamEndpoint):
     """A user's connection with a stream: relayed; the agent must answer OPEN in time."""
 
-    def __init__(self, session: Session, stream_id: int, wake: Wake, service_id: str, user: WaitingUser, *,
+    def __init__(self, session: Session, stream_id: int, outlet: Outlet, service_id: str, user: WaitingUser, *,
                  loop: asyncio.AbstractEventLoop, open_timeout: float | None, stats: ServiceStats) -> None:
-        super().__init__(session, stream_id, wake, service_id, user.peer)
+        super().__init__(session, stream_id, outlet, service_id, user.peer)
         self.transport = user.transport
         self.accepted_at = user.accepted_at
         self.stats = stats

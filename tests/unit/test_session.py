@@ -209,6 +209,30 @@ def test_counters() -> None:
     assert (server.bytes_sent, agent.bytes_received) == (3, 3)
 
 
+def test_queued_data_counts_what_the_writer_has_not_taken() -> None:
+    """streams.Outlet paces socket reads by it: payload bytes of DATA queued since the last data_to_send()."""
+    server = Session("server")
+    server.open_stream("u")
+    server.send_data(1, b"abc")
+    server.send_data(1, b"defg")
+    assert server.queued_data == 7
+    server.data_to_send()
+    assert server.queued_data == 0
+    server.send_data(1, b"hi")
+    server.close()
+    assert server.queued_data == 0
+
+
+def test_queued_data_leaves_out_what_a_detached_session_holds() -> None:
+    server = Session("server", version=2)
+    server.start(Hello(False, 60, SESSION_ID, SECRET))
+    server.open_stream("u")
+    server.data_to_send()
+    server.detach()
+    server.send_data(1, b"kept in the log, not queued")
+    assert server.queued_data == 0 and not server.has_output
+
+
 # -- two sessions back to back, random interleavings ------------------------------------------
 
 SERVER, AGENT = "server", "agent"
