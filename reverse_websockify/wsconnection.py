@@ -9,16 +9,21 @@ through its sans-I/O ``Protocol`` under the asyncio connection:
   queued in an Assembler and picked up by a task, one loop turn and one future
   each. Measured on 2 cores (uvloop, ab -c32 through the tunnel): 8 % less CPU
   per connection, server and agent together; bulk unchanged within the noise.
-- **batched writes**: every frame queued in one loop turn is framed by the
-  protocol object (``send_binary`` / ``data_to_send``) and written with one
-  ``writelines`` (one send() system call instead of one per frame), like
-  websockets' own ``broadcast()``.
+- **batched writes**: every frame queued in one loop turn is framed
+  (``wsframes.frame_binary``) and written with one ``writelines`` (one
+  send() system call instead of one per frame), like websockets' own
+  ``broadcast()``.
+- **our own framing of binary messages** (wsframes.py): the relay's DATA
+  frames are framed and parsed without websockets' generic reader and
+  writer, which copied every payload several times; reads go into our
+  buffers (``BufferedReads``). Every other frame is websockets' to parse.
 
 and it reads ``protocol.close_sent`` to say *why* our side closed (e.g.
 "keepalive ping timeout"). These are stable across websockets 15-17;
 ``SUPPORTED_WEBSOCKETS`` is the range pinned in pyproject.toml, and
 tests/integration/test_wsconnection.py fails loudly when one of them moves.
-Control frames, the handshake and the closing handshake stay websockets' own.
+Control frames, the handshake and the closing handshake stay websockets' own;
+websockets gets every frame it parses whole, so its parser is always between frames.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import Side, State
 
 from .protocol import CLOSE_ABNORMAL, MAX_MESSAGE, SUBPROTOCOL, SUBPROTOCOL_V2
+from .wsframes import IncomingFrames, frame_binary
 
 SUPPORTED_WEBSOCKETS = (15, 18)
 """websockets major versions this module is written against: >= 15, < 18 (pyproject.toml)."""
@@ -50,6 +56,9 @@ WRITE_LIMIT = 4 * MAX_MESSAGE
 Message = Union[bytes, bytearray, memoryview, str]
 MessageSink = Callable[[Message], None]
 _BINARY, _TEXT, _CONT = Opcode.BINARY, Opcode.TEXT, Opcode.CONT
+_HANDSHAKE_VIEW = memoryview(bytearray(64 * 1024))
+"""The read buffer until our framing starts (the handshake): get_buffer() and buffer_updated() run
+back to back in one event-loop callback, so connections never share it at the same time."""
 
 
 def connection_options(*, ping_interval: float | None, ping_timeout: float | None, open_timeout: float,
@@ -70,23 +79,139 @@ def connection_options(*, ping_interval: float | None, ping_timeout: float | Non
     }
 
 
-class DirectDelivery:
-    """Mixin for websockets' asyncio connections: each data message goes to a sink at once.
+class BufferedReads(asyncio.BufferedProtocol):
+    """Stands in front of a connection as its transport's protocol, so that reads go into our buffers.
 
-    Messages that arrive before a sink is set are held. A text message is
-    delivered as ``""`` (the tunnel refuses any text); fragments are joined.
+    uvloop reads into a protocol's own buffer only when the protocol is not an asyncio.Protocol,
+    and websockets' connections are one. Everything else the transport tells is passed on.
+    """
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: DirectDelivery) -> None:
+        self.connection = connection
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.connection.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.connection.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.connection.eof_received()  # type: ignore[attr-defined, no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection.connection_lost(exc)  # type: ignore[attr-defined]
+
+    def pause_writing(self) -> None:
+        self.connection.pause_writing()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        self.connection.resume_writing()  # type: ignore[attr-defined]
+
+
+class DirectDelivery:
+    """Mixin for websockets' asyncio connections: each binary message goes to a sink at once.
+
+    Reads come through ``BufferedReads``; once the connection is open they go through
+    ``IncomingFrames`` (wsframes.py): binary messages are parsed there, every other frame is
+    handed to websockets whole. Messages that arrive before a sink is set are held. A text
+    message is delivered as ``""`` (the tunnel refuses any text); fragments are joined.
     """
 
     _sink: MessageSink | None = None
     _held: list[Message] | None = None
     _fragments: list[bytes | bytearray] | None = None
     _fragmented_text = False
+    _frames: IncomingFrames | None = None
+    _websockets_reads = False  # every byte goes through websockets' own parser (see _before_open)
+    _head_tail = b""  # the last bytes of the handshake so far, to find its end across reads
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        transport.set_protocol(BufferedReads(self))
 
     def deliver_to(self, sink: MessageSink) -> None:
         held, self._held = self._held, None
         self._sink = sink
         for message in held or ():
             sink(message)
+
+    def _deliver(self, data: Message) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink(data)
+        elif self._held is None:
+            self._held = [data]
+        else:
+            self._held.append(data)
+
+    # -- reads, as asyncio.BufferedProtocol has them (BufferedReads) ------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        frames = self._frames
+        return frames.get_buffer() if frames is not None else _HANDSHAKE_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        frames = self._frames
+        if frames is not None:
+            frames.buffer_updated(nbytes)
+        else:
+            self._before_open(bytes(_HANDSHAKE_VIEW[:nbytes]))
+
+    def _before_open(self, data: bytes) -> None:
+        """Bytes before our own framing starts: websockets' (the handshake), up to the first frame.
+
+        The client's handshake ends with the server's response, which frames may follow in the
+        same read: those go to ``IncomingFrames``. The server starts its framing at the first
+        read once the connection is open, if websockets holds nothing unparsed; a peer that sent
+        frames before the handshake was over is read by websockets to the end.
+        """
+        protocol = self.protocol  # type: ignore[attr-defined]
+        if self._websockets_reads:
+            self._websockets_received(data)
+            return
+        if protocol.state is State.OPEN:
+            if protocol.reader.buffer:
+                self._websockets_reads = True
+                self._websockets_received(data)
+            else:
+                self._start_framing().feed(data)
+            return
+        probe = self._head_tail + data
+        end = probe.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = probe[-3:]
+            self._websockets_received(data)
+            return
+        cut = end + 4 - len(self._head_tail)
+        self._websockets_received(data[:cut])
+        rest = data[cut:]
+        if protocol.state is State.OPEN and not protocol.reader.buffer:  # a client, just accepted
+            self._start_framing().feed(rest)
+        elif protocol.state is not State.CONNECTING:  # refused, or failed
+            self._websockets_reads = True
+            if rest:
+                self._websockets_received(rest)
+        elif rest:  # a server whose client did not wait for the response
+            self._websockets_reads = True
+            self._websockets_received(rest)
+
+    def _start_framing(self) -> IncomingFrames:
+        protocol = self.protocol  # type: ignore[attr-defined]
+        self._frames = frames = IncomingFrames(masked=protocol.side is Side.SERVER, max_size=MAX_MESSAGE,
+                                               on_message=self._deliver, on_other=self._other_frame)
+        return frames
+
+    def _other_frame(self, data: bytes) -> bool:
+        """A frame (or, once escaped, any bytes) for websockets; False once it is no longer open."""
+        self._websockets_received(data)
+        return self.protocol.state is State.OPEN  # type: ignore[attr-defined]
+
+    def _websockets_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+
+    # -- messages websockets parsed -----------------------------------------------------------
 
     def process_event(self, event: object) -> None:
         if type(event) is not Frame or event.opcode not in (_BINARY, _TEXT, _CONT):
@@ -110,13 +235,7 @@ class DirectDelivery:
             return
         else:
             data = event.data if opcode is _BINARY else ""
-        sink = self._sink
-        if sink is not None:
-            sink(data)
-        elif self._held is None:
-            self._held = [data]
-        else:
-            self._held.append(data)
+        self._deliver(data)
 
 
 class DirectServerConnection(DirectDelivery, ServerConnection):
@@ -124,9 +243,9 @@ class DirectServerConnection(DirectDelivery, ServerConnection):
     identity: Any = None  # the AgentIdentity its client certificate carries, if any
     last_heard = 0.0  # time.monotonic() of the last bytes from the agent (liveness.py)
 
-    def data_received(self, data: bytes) -> None:
+    def buffer_updated(self, nbytes: int) -> None:
         self.last_heard = time.monotonic()
-        super().data_received(data)
+        super().buffer_updated(nbytes)
 
 
 async def fail_keepalive(connection: Connection) -> None:
@@ -152,9 +271,7 @@ async def write_frames(connection: Connection, frames: list[bytes]) -> None:
         for frame in frames:
             await connection.send(frame)  # raises ConnectionClosed
         return
-    for frame in frames:
-        protocol.send_binary(frame)
-    data = protocol.data_to_send()
+    data = frame_binary(frames, mask=protocol.side is Side.CLIENT)
     transport = connection.transport
     if len(data) == 1:
         transport.write(data[0])

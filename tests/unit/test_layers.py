@@ -34,6 +34,7 @@ RANKS: dict[str, int] = {
     "sharding": 1,  # which shard owns a service ID: the pure rule
     "config": 2,
     "tls": 3,
+    "wsframes": 1,  # our binary WebSocket framing (pure)
     "wsconnection": 2,  # websockets' internals
     # who may attach: pure rules on certificates, tokens and the CRL
     "identity": 1,
