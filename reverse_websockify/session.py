@@ -157,6 +157,7 @@ class Session:
         self._finished: dict[int, tuple[int, StreamState]] = {}  # both FINs done; kept until the peer surely has all
         self._held_resets: dict[int, str] = {}  # RSTs held with DATA and FIN (the peer may not know the stream yet)
         self._mark = 0
+        self._ping_offsets: dict[int, int] | None = None  # each stream's sent bytes when the sample's ping went out
         self._awaiting_hello = self.resumable and role == "agent"  # the server speaks first in v2
 
     # -- what goes out ------------------------------------------------------------------
@@ -286,16 +287,41 @@ class Session:
     def flow_new_link(self) -> None:
         """A new WebSocket carries the session: round trips are measured afresh."""
         self.tuner.new_link()
+        self._ping_offsets = None
 
     def flow_sample_begin(self) -> None:
-        """A ping goes out now: count what each stream receives until its pong."""
+        """A ping goes out now: count what each stream receives until its pong.
+
+        v2: the pong will also prove that the peer received everything written before the ping,
+        so the frames below each stream's offset now need not be kept for a resume. Credit alone
+        frees them late for a stream of small messages (it goes back a quarter window at a time):
+        64 keep-alive HTTP streams held 16 MB of answers the client had long read.
+        """
         self.tuner.begin_sample()
+        self._ping_offsets = self._written_offsets()
 
     def flow_sample_end(self, rtt: float) -> bool:
         """The pong came after ``rtt`` seconds: resize the windows of the streams busy meanwhile.
 
         True when frames were queued."""
+        offsets, self._ping_offsets = self._ping_offsets, None
+        if offsets:
+            self._peer_received(offsets)
         return self._resize(self.tuner.end_sample(rtt))
+
+    def _written_offsets(self) -> dict[int, int] | None:
+        """Each stream's sent bytes, if all of them are written (nothing queued) and no resume is under way."""
+        if not self.resumable or self._outgoing or self._holding or self._awaiting_hello:
+            return None
+        return {stream_id: state.sent for stream_id, state in self.streams.items()
+                if state.sent_log is not None and state.sent_log.frames}
+
+    def _peer_received(self, offsets: dict[int, int]) -> None:
+        streams = self.streams
+        for stream_id, offset in offsets.items():
+            state = streams.get(stream_id)
+            if state is not None and state.sent_log is not None:
+                state.sent_log.drop_below(offset)
 
     def flow_idle(self) -> bool:
         """Every IDLE_SECONDS: idle streams go back to the initial window. True when frames were queued."""
@@ -346,6 +372,7 @@ class Session:
         """
         self._holding = True
         self._peer_report = None
+        self._ping_offsets = None
         self._clear_output()
         if self.role == "agent":
             self._awaiting_hello = True
