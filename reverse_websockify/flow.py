@@ -8,7 +8,8 @@ and the bytes buffered for one stream never exceed its window.
 
 The same rule makes resumption cheap (protocol v2): credit coming back proves
 the bytes arrived, so a sender keeps only the frames not yet credited back
-(``SentLog``) — never more than the window — to send again after a lost link.
+(``SentLog``) — never more than the window — to send again after a lost link;
+a pong that proves the peer received them lets them go sooner (Session.flow_sample_end).
 """
 
 from __future__ import annotations
