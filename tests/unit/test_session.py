@@ -233,8 +233,8 @@ def test_queued_data_leaves_out_what_a_detached_session_holds() -> None:
     assert server.queued_data == 0 and not server.has_output
 
 
-def test_a_pong_lets_the_frames_written_before_its_ping_go() -> None:
-    """v2: without waiting for credit, which a stream of small messages returns only a quarter window at a time."""
+def v2_stream_open() -> tuple[Session, Session]:
+    """A v2 server and agent with stream 1 open and confirmed, nothing in flight."""
     server, agent = Session("server", version=2), Session("agent", version=2)
     server.start(Hello(False, 60, SESSION_ID, SECRET))
     server.open_stream("u")
@@ -243,6 +243,12 @@ def test_a_pong_lets_the_frames_written_before_its_ping_go() -> None:
     agent.confirm_open(1)
     for frame in agent.data_to_send():
         server.receive(frame)
+    return server, agent
+
+
+def test_a_pong_lets_the_frames_written_before_its_ping_go() -> None:
+    """v2: without waiting for credit, which a stream of small messages returns only a quarter window at a time."""
+    server, agent = v2_stream_open()
     server.send_data(1, b"answer")
     log = server.streams[1].sent_log
     assert log is not None
@@ -263,14 +269,7 @@ def test_a_pong_lets_the_frames_written_before_its_ping_go() -> None:
 
 def test_frames_queued_behind_a_ping_are_resent_after_a_lost_link() -> None:
     """The ping overtook them, so its pong proves nothing about them: they are kept, and sent again."""
-    server, agent = Session("server", version=2), Session("agent", version=2)
-    server.start(Hello(False, 60, SESSION_ID, SECRET))
-    server.open_stream("u")
-    for frame in server.data_to_send():
-        agent.receive(frame)
-    agent.confirm_open(1)
-    for frame in agent.data_to_send():
-        server.receive(frame)
+    server, agent = v2_stream_open()
     server.send_data(1, b"queued")
     server.flow_sample_begin()
     server.flow_sample_end(0.001)
