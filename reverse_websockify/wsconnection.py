@@ -126,6 +126,7 @@ class DirectDelivery:
     _frames: IncomingFrames | None = None
     _websockets_reads = False  # every byte goes through websockets' own parser (see _before_open)
     _head_tail = b""  # the last bytes of the handshake so far, to find its end across reads
+    _head_seen = False  # the handshake's end went to websockets: what follows before OPEN is frames
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -168,34 +169,25 @@ class DirectDelivery:
         frames before the handshake was over is read by websockets to the end.
         """
         protocol = self.protocol  # type: ignore[attr-defined]
-        if self._websockets_reads:
-            self._websockets_received(data)
-            return
-        if protocol.state is State.OPEN:
-            if protocol.reader.buffer:
-                self._websockets_reads = True
+        if not self._websockets_reads and protocol.state is State.CONNECTING and not self._head_seen:
+            probe = self._head_tail + data
+            end = probe.find(b"\r\n\r\n")
+            if end < 0:
+                self._head_tail = probe[-3:]
                 self._websockets_received(data)
-            else:
-                self._start_framing().feed(data)
+                return
+            cut = end + 4 - len(self._head_tail)
+            self._websockets_received(data[:cut])
+            self._head_seen = True
+            data = data[cut:]
+            if not data and protocol.state is State.CONNECTING:
+                return  # a server: its response has yet to go out
+        if not self._websockets_reads and protocol.state is State.OPEN and not protocol.reader.buffer:
+            self._start_framing().feed(data)
             return
-        probe = self._head_tail + data
-        end = probe.find(b"\r\n\r\n")
-        if end < 0:
-            self._head_tail = probe[-3:]
+        self._websockets_reads = True  # refused or failed, or a peer that sent frames before it was open
+        if data:
             self._websockets_received(data)
-            return
-        cut = end + 4 - len(self._head_tail)
-        self._websockets_received(data[:cut])
-        rest = data[cut:]
-        if protocol.state is State.OPEN and not protocol.reader.buffer:  # a client, just accepted
-            self._start_framing().feed(rest)
-        elif protocol.state is not State.CONNECTING:  # refused, or failed
-            self._websockets_reads = True
-            if rest:
-                self._websockets_received(rest)
-        elif rest:  # a server whose client did not wait for the response
-            self._websockets_reads = True
-            self._websockets_received(rest)
 
     def _start_framing(self) -> IncomingFrames:
         protocol = self.protocol  # type: ignore[attr-defined]

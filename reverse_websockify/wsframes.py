@@ -142,12 +142,9 @@ class IncomingFrames:
         self._split(data)
 
     def feed(self, data: bytes) -> None:
-        """Bytes read elsewhere: what followed the handshake in its read."""
-        if self.escaped:
-            self.on_other(data)
-        elif data:
-            pending, self._pending = self._pending, b""
-            self._split(pending + data if pending else data)
+        """The first bytes, read before framing started: what followed the handshake in its read."""
+        if data:
+            self._split(data)
 
     def _split(self, data: bytes | memoryview) -> None:
         """Take the frames of ``data`` apart; keep an incomplete last one for the next read."""
