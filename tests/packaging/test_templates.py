@@ -258,6 +258,12 @@ def seconds(value: str) -> int:
     return sum(int(n) * units[u or "s"] for n, u in re.findall(r"(\d+)([smhd]?)", value))
 
 
+def size(value: str) -> int:
+    """nginx's size syntax: 64k, 1m, 4096."""
+    number, unit = re.fullmatch(r"(\d+)([kKmM]?)", value).groups()
+    return int(number) << {"": 0, "k": 10, "m": 20}[unit.lower()]
+
+
 def test_nginx_conf_shape() -> None:
     tls, plain = servers()
     assert directives(tls, "listen") == [["443", "ssl", "default_server"]]
@@ -283,6 +289,8 @@ def test_nginx_conf_shape() -> None:
     assert headers["Connection"] in ("upgrade", "$connection_upgrade") and headers["Host"] == "$http_host"
     assert directives(forward, "proxy_http_version") == [["1.1"]]
     assert directives(forward, "proxy_buffering") == [["off"]]
+    # nginx relays a tunnel through one proxy_buffer_size buffer each way: the 4 KiB default halves wss throughput
+    assert [size(v[0]) for v in directives(forward, "proxy_buffer_size")] == [64 << 10]
     for timeout in ("proxy_read_timeout", "proxy_send_timeout"):
         assert seconds(directives(forward, timeout)[0][0]) >= 3600, timeout
 
