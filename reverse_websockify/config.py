@@ -7,6 +7,7 @@ or connects.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -35,6 +36,11 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
+        return self.text
+
+    @functools.cached_property
+    def text(self) -> str:
+        """host:port ([host]:port for IPv6); kept, since the status page writes it for every service."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 

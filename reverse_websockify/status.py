@@ -145,20 +145,32 @@ def _json(document: Mapping[str, Any], services: int) -> bytes:
     return "".join(_compact(document)).encode() + b"\n"
 
 
+ENTRIES_PER_CALL = 100
+"""Services encoded per C-encoder call in a large document: about 1 ms each, and the encoder's memo of
+the keys it has written serves a hundred entries instead of one (8,000 services: 110 ms -> ~60 ms)."""
+_encode = json.JSONEncoder(check_circular=False).encode  # our documents are trees: no cycle to look for
+
+
 def _compact(value: Any) -> Iterator[str]:
-    """Compact JSON, one C-encoder call per entry of a mapping of mappings.
+    """Compact JSON, a mapping of many entries (the services) ``ENTRIES_PER_CALL`` entries per encoder call.
 
     Formatting runs in a worker thread, but the C encoder holds the interpreter lock for the whole of
     one call: 4.9 MB in one call held every tunnel for ~70 ms. Between calls the event loop gets in.
     """
-    if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+    if not isinstance(value, Mapping):
+        yield _encode(value)
+    elif len(value) > ENTRIES_PER_CALL:
+        items = list(value.items())
+        yield "{"
+        for start in range(0, len(items), ENTRIES_PER_CALL):
+            yield (", " if start else "") + _encode(dict(items[start:start + ENTRIES_PER_CALL]))[1:-1]
+        yield "}"
+    else:  # an envelope (/services): its small members whole, its large mapping in parts
         yield "{"
         for i, (key, item) in enumerate(value.items()):
-            yield f"{', ' if i else ''}{json.dumps(key)}: "
-            yield from _compact(item) if isinstance(item, Mapping) and len(item) > 50 else (json.dumps(item),)
+            yield f"{', ' if i else ''}{_encode(key)}: "
+            yield from _compact(item) if isinstance(item, Mapping) and len(item) > ENTRIES_PER_CALL else (_encode(item),)
         yield "}"
-    else:
-        yield json.dumps(value)
 
 
 def _human_bytes(n: int) -> str:
