@@ -74,6 +74,28 @@ def read(service: Service) -> ServiceReading:
         ", ".join(identity.names) or None if identity else None, tuple(stats.latency.counts), stats.latency.total)
 
 
+def fleet_total(readings: Sequence[ServiceReading]) -> ServiceReading:
+    """Every service's reading summed into one, column by column: the fleet-wide series are then
+    formatted like one service's without its label, in a few C-level sums instead of a loop over
+    8,000 readings (80 ms -> a few)."""
+    if not readings:
+        return ServiceReading("", 0, 0, 0, _NO_FAILURES, 0, 0, False, 0, 0, 0, 0, 0, False, (), None,
+                              (0,) * (len(BUCKETS) + 1), 0.0)
+    columns = dict(zip(ServiceReading._fields, zip(*readings)))
+    refusals: defaultdict[str, int] = defaultdict(int)
+    for pairs in columns["refusals"]:
+        for reason, count in pairs:
+            refusals[reason] += count
+    return ServiceReading(
+        "", *(sum(columns[name]) for name in ("bytes_to_service", "bytes_from_service", "streams_opened")),
+        tuple(map(sum, zip(*columns["failures"]))),
+        *(sum(columns[name]) for name in ("agent_connects", "agent_disconnects", "online", "active_streams",
+                                          "sessions_resumed", "sessions_expired", "streams_resumed",
+                                          "bytes_retransmitted", "detached")),
+        tuple(refusals.items()), None, tuple(map(sum, zip(*columns["latency_counts"]))),
+        sum(columns["latency_total"]))
+
+
 class _Family:
     """Values by label tuple; with ``per_service`` off, the service label is dropped and values summed."""
 
@@ -123,7 +145,7 @@ def families(readings: Sequence[ServiceReading], per_service: bool, services: in
                                  "The certificate names the service's agent presented (1 while it has a session)",
                                  labels=["service", "identity"])
     latency: dict[tuple[str, ...], list[float]] = {}  # bucket counts, then the sum of seconds
-    for r in readings:
+    for r in readings if per_service else (fleet_total(readings),):
         sid = r.service_id
         relayed.add(sid, ["to_service"], r.bytes_to_service)
         relayed.add(sid, ["from_service"], r.bytes_from_service)

@@ -16,7 +16,8 @@ from reverse_websockify.reasons import StreamFailure
 def reading(sid: str, online: bool, sent: int, dial_failed: int = 0, identity: str | None = None) -> ServiceReading:
     failures = tuple(dial_failed if reason is StreamFailure.DIAL_FAILED else 0 for reason in StreamFailure)
     latency = (1,) + (0,) * len(BUCKETS)
-    return ServiceReading(sid, sent, 2 * sent, 3, failures, 1, 0, online, 2, 0, 0, 0, 0, False,
+    # every counter its own value, so that a sum taken from the wrong column shows
+    return ServiceReading(sid, sent, 2 * sent, 3, failures, 1, 5, online, 2, 7, 11, 13, 17, not online,
                           (("revoked", 1),) if dial_failed else (), identity, latency, 0.004)
 
 
