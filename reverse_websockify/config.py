@@ -8,6 +8,7 @@ or connects.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import math
 import re
@@ -97,6 +98,7 @@ class ServerConfig:
     metrics_per_service_limit: int = 100  # /metrics has per-service series up to this many services (metrics.py)
     shards: ShardsConfig | None = None  # [shards]: the fleet is split over several server processes
     shard: int | None = None  # set in the view of one shard (for_shard): which one this process is
+    digest: bytes = field(default=b"", compare=False, repr=False)  # SHA-256 of the file it was loaded from
 
     def for_shard(self, shard: int | None) -> ServerConfig:
         """What one process runs: the whole config (no [shards]), or shard ``shard``'s view of it.
@@ -213,7 +215,10 @@ def _overlaps(a: Endpoint, b: Endpoint) -> bool:
     return a.host == b.host or a.host in wildcard or b.host in wildcard
 
 
-def load(path: str | Path) -> ServerConfig:
+def load(path: str | Path, *, running: ServerConfig | None = None) -> ServerConfig:
+    """The config in ``path``; with ``running`` (a reload), ``running`` itself when the file holds exactly
+    what it was loaded from: the usual SIGHUP renews a certificate or a CRL and leaves config.toml
+    alone, and parsing 8,000 services takes 0.4 s of a core for nothing."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -221,6 +226,9 @@ def load(path: str | Path) -> ServerConfig:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(raw).digest()
+    if running is not None and running.digest == digest and running.path == path:
+        return running
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -228,7 +236,7 @@ def load(path: str | Path) -> ServerConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
     try:
-        return _build(path, data)
+        return replace(_build(path, data), digest=digest)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

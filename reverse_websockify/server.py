@@ -144,7 +144,10 @@ class RendezvousServer:
         with collector_paused():  # the parse's objects would set off a full collection (pacing.py)
             try:
                 path = self.config.path
-                new = (await in_worker_thread(lambda: load(path))).reload_view(self.config)  # a shard: its share
+                new = await in_worker_thread(lambda: load(path, running=self.config))
+                unchanged = new is self.config
+                if not unchanged:
+                    new = new.reload_view(self.config)  # a shard: its share
                 revoked, tls_context = await in_worker_thread(lambda: self._security(new))
             except (ConfigError, RevocationListError, TlsSetupError) as exc:
                 log.error("reload failed, keeping the running config: %s", exc)
@@ -187,7 +190,8 @@ class RendezvousServer:
         self.revoked = revoked
         self._tls_context = tls_context
         self._certificates_seen |= new.tls is not None and new.tls.client_ca is not None
-        log.info("reloaded %s: %d services; added %s; removed %s; changed %s%s", new.path, len(self.services),
+        log.info("reloaded %s%s: %d services; added %s; removed %s; changed %s%s", new.path,
+                 " (unchanged)" if unchanged else "", len(self.services),
                  ", ".join(added) or "none", ", ".join(s.service_id for s in removed) or "none",
                  len(changed), f"; client_crl: {len(revoked)} revoked certificates" if new.client_crl else "")
         async for service in paced(self.services.values() if crl_changed else changed):

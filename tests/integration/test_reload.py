@@ -47,6 +47,7 @@ def test_sighup_reload(deployment: Deployment, echo: Service) -> None:
     # Unchanged: nothing is touched, and the log says so.
     server.signal(signal.SIGHUP)
     wait_for(lambda: "added none; removed none; changed 0" in server.log(), 5, "the second reload")
+    assert " (unchanged): 2 services" in server.log()  # the same bytes: not parsed again
     user.sendall(b"same")
     assert user.recv(4) == b"same"
 

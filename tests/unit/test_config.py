@@ -309,3 +309,19 @@ def test_receive_budget_is_checked(write, value: str, expected: str) -> None:  #
     with pytest.raises(ConfigError) as error:
         load(write(HTTP + f"receive_budget_mib = {value}\n"))
     assert expected in str(error.value)
+
+
+def test_a_reload_of_the_same_bytes_is_the_running_config(write) -> None:  # type: ignore[no-untyped-def]
+    path = write(HTTP + service("BUS1"))
+    running = load(path)
+    assert load(path, running=running) is running  # not parsed again
+    write(HTTP + service("BUS1", nickname='"renamed"'))
+    renamed = load(path, running=running)
+    assert renamed is not running and renamed.services["BUS1"].nickname == "renamed"
+    assert renamed != running
+    write(HTTP + service("BUS1"))  # back to the first bytes: equal to the first config, and a new object
+    again = load(path, running=renamed)
+    assert again is not renamed and again == running
+    write("http_server_endpoint = \n")
+    with pytest.raises(ConfigError):  # a broken file is an error even with a running config
+        load(path, running=running)
