@@ -16,7 +16,7 @@ same metric names come without the ``service`` label, summed over the fleet:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -78,22 +78,22 @@ def fleet_total(readings: Sequence[ServiceReading]) -> ServiceReading:
     """Every service's reading summed into one, column by column: the fleet-wide series are then
     formatted like one service's without its label, in a few C-level sums instead of a loop over
     8,000 readings (80 ms -> a few)."""
-    if not readings:
-        return ServiceReading("", 0, 0, 0, _NO_FAILURES, 0, 0, False, 0, 0, 0, 0, 0, False, (), None,
-                              (0,) * (len(BUCKETS) + 1), 0.0)
-    columns = dict(zip(ServiceReading._fields, zip(*readings)))
-    refusals: defaultdict[str, int] = defaultdict(int)
-    for pairs in columns["refusals"]:
-        for reason, count in pairs:
-            refusals[reason] += count
-    return ServiceReading(
-        "", *(sum(columns[name]) for name in ("bytes_to_service", "bytes_from_service", "streams_opened")),
-        tuple(map(sum, zip(*columns["failures"]))),
-        *(sum(columns[name]) for name in ("agent_connects", "agent_disconnects", "online", "active_streams",
-                                          "sessions_resumed", "sessions_expired", "streams_resumed",
-                                          "bytes_retransmitted", "detached")),
-        tuple(refusals.items()), None, tuple(map(sum, zip(*columns["latency_counts"]))),
-        sum(columns["latency_total"]))
+    columns = zip(*readings) if readings else ((),) * len(ServiceReading._fields)
+    return ServiceReading(*(_column_total(name, values) for name, values in zip(ServiceReading._fields, columns)))
+
+
+def _column_total(name: str, values: Sequence[Any]) -> Any:
+    if name == "service_id" or name == "identity":  # one service's own: no fleet-wide value
+        return "" if name == "service_id" else None
+    if name == "refusals":  # (reason, count) pairs, reasons differing between services
+        refusals: defaultdict[str, int] = defaultdict(int)
+        for pairs in values:
+            for reason, count in pairs:
+                refusals[reason] += count
+        return tuple(refusals.items())
+    if name == "failures" or name == "latency_counts":  # per reason, per bucket: summed position by position
+        return tuple(map(sum, zip(*values)))
+    return sum(values)
 
 
 class _Family:

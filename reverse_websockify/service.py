@@ -280,26 +280,23 @@ class Service:
             "sessions_resumed": self.stats.sessions_resumed,
             "receive_window_bytes": 0,
         }
-        if tunnel is None:
-            if self.disconnected_at:
-                entry["disconnected_since"] = iso_utc(self.disconnected_at)
-            return entry
-        identity = self.agent_identity
-        if identity is not None:
-            entry["agent_identity"] = ", ".join(identity.names) or None
-            if identity.serial is not None:
-                entry["agent_certificate_serial"] = f"{identity.serial:X}"
-        entry["receive_window_bytes"] = tunnel.session.receive_window_bytes
-        if tunnel.attached:
-            entry["service_connection_since"] = self.connected_since
-            entry["service_connection_info"] = self.agent_address
-            entry["connected"] = True
-            entry["connected_for_seconds"] = round(time.monotonic() - self.connected_at, 1)
-            return entry
+        if tunnel is not None:
+            identity = self.agent_identity
+            if identity is not None:
+                entry["agent_identity"] = ", ".join(identity.names) or None
+                if identity.serial is not None:
+                    entry["agent_certificate_serial"] = f"{identity.serial:X}"
+            entry["receive_window_bytes"] = tunnel.session.receive_window_bytes
+            if tunnel.attached:
+                entry["service_connection_since"] = self.connected_since
+                entry["service_connection_info"] = self.agent_address
+                entry["connected"] = True
+                entry["connected_for_seconds"] = round(time.monotonic() - self.connected_at, 1)
+                return entry
+            if not tunnel.closed:  # detached: waiting for its agent to resume the session
+                if tunnel.detached_since:
+                    entry["reconnecting_since"] = iso_utc(tunnel.detached_since)
+                entry["paused_streams"] = tunnel.stream_count
         if self.disconnected_at:
             entry["disconnected_since"] = iso_utc(self.disconnected_at)
-        if not tunnel.closed:  # detached: waiting for its agent to resume the session
-            if tunnel.detached_since:
-                entry["reconnecting_since"] = iso_utc(tunnel.detached_since)
-            entry["paused_streams"] = tunnel.stream_count
         return entry
