@@ -39,7 +39,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import Side, State
 
 from .protocol import CLOSE_ABNORMAL, MAX_MESSAGE, SUBPROTOCOL, SUBPROTOCOL_V2
-from .wsframes import IncomingFrames, frame_binary
+from .wsframes import IncomingFrames, frame_binary, pong_for
 
 SUPPORTED_WEBSOCKETS = (15, 18)
 """websockets major versions this module is written against: >= 15, < 18 (pyproject.toml)."""
@@ -196,9 +196,18 @@ class DirectDelivery:
         return frames
 
     def _other_frame(self, data: bytes) -> bool:
-        """A frame (or, once escaped, any bytes) for websockets; False once it is no longer open."""
+        """A frame (or, once escaped, any bytes) for websockets; False once it is no longer open.
+
+        A ping on an open connection is answered here, as websockets would (its pong carries the
+        ping's payload; nothing else in websockets follows a ping), without its generic parser."""
+        protocol, transport = self.protocol, self.transport  # type: ignore[attr-defined]
+        if protocol.state is State.OPEN and not transport.is_closing():
+            pong = pong_for(data, mask=protocol.side is Side.CLIENT)
+            if pong is not None:
+                transport.write(pong)
+                return True
         self._websockets_received(data)
-        return self.protocol.state is State.OPEN  # type: ignore[attr-defined]
+        return protocol.state is State.OPEN
 
     def _websockets_received(self, data: bytes) -> None:
         super().data_received(data)  # type: ignore[misc]

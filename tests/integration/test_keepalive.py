@@ -70,3 +70,5 @@ def test_an_agent_that_pings_is_not_pinged(deployment: Deployment) -> None:
     sock.close()
     kinds = [kind for kind, _, _ in frames]
     assert PING not in kinds and CLOSE not in kinds and kinds.count(PONG) >= 10, kinds
+    pongs = [payload for kind, payload, _ in frames if kind == PONG]
+    assert pongs == [b"%d" % i for i in range(len(pongs))], "every pong carries its ping's payload, in order"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from reverse_websockify.wsframes import IncomingFrames, frame_binary
+from reverse_websockify.wsframes import IncomingFrames, frame_binary, pong_for
 
 MAX = 1 << 20
 
@@ -147,3 +147,28 @@ def test_what_followed_the_handshake_is_fed_in_and_a_large_payload_then_read_in_
     receiver.frames.feed(stream[:20])  # the HELLO and the start of the next frame came with the response
     receiver.read(stream[20:])
     assert receiver.items == [("message", b"hello"), ("message", big)]
+
+
+def serialized(frame: Frame, *, mask: bool) -> bytes:
+    return frame.serialize(mask=mask, extensions=[])
+
+
+@pytest.mark.parametrize("from_client", [True, False])
+@pytest.mark.parametrize("payload", [b"", b"\x00\x01keepalive", bytes(range(125))])
+def test_a_ping_is_answered_with_a_pong_that_websockets_reads(from_client: bool, payload: bytes) -> None:
+    ping = serialized(Frame(Opcode.PING, payload), mask=from_client)  # a client's ping is masked
+    pong = pong_for(ping, mask=not from_client)
+    assert pong is not None
+    (frame,) = parsed_by_websockets(pong, mask=not from_client)
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.PONG, True, payload)
+
+
+@pytest.mark.parametrize("frame", [
+    serialized(Frame(Opcode.PONG, b"x"), mask=True),  # not a ping
+    bytes((0xC9, 0x81)) + bytes(4 + 1),  # a reserved bit set: websockets refuses it
+    bytes((0x09, 0x81)) + bytes(4 + 1),  # a fragmented control frame: the same
+    bytes((0x89, 0x80 | 126)) + (126).to_bytes(2, "big") + bytes(4 + 126),  # longer than a control frame may be
+    bytes((0x89, 0x85)) + bytes(4 + 3),  # shorter than its header says
+])
+def test_anything_but_a_plain_ping_goes_to_websockets(frame: bytes) -> None:
+    assert pong_for(frame, mask=False) is None
