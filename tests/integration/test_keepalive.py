@@ -72,3 +72,14 @@ def test_an_agent_that_pings_is_not_pinged(deployment: Deployment) -> None:
     assert PING not in kinds and CLOSE not in kinds and kinds.count(PONG) >= 10, kinds
     pongs = [payload for kind, payload, _ in frames if kind == PONG]
     assert pongs == [b"%d" % i for i in range(len(pongs))], "every pong carries its ping's payload, in order"
+
+
+def test_the_real_agent_answers_the_servers_pings(deployment: Deployment) -> None:
+    """An agent that pings rarely is pinged by the server every second; its (masked) pongs keep it attached."""
+    deployment.extra_config = "ping_interval_seconds = 1\nping_timeout_seconds = 1\nresume_seconds = 0"
+    server = deployment.start_server()
+    agent = deployment.start_agent("BUS1", 9, "--ping-interval=60", "--ping-timeout=60")
+    time.sleep(4.5)  # four of the server's pings, each answered within its 1 s timeout or the link is dropped
+    status = deployment.status()["BUS1"]
+    assert status["connected"] and status["last_disconnect_reason"] is None, status
+    assert "keepalive" not in server.log() and "disconnected" not in agent.log()
