@@ -199,12 +199,16 @@ class DirectDelivery:
         """A frame (or, once escaped, any bytes) for websockets; False once it is no longer open.
 
         A ping on an open connection is answered here, as websockets would (its pong carries the
-        ping's payload; nothing else in websockets follows a ping), without its generic parser."""
+        ping's payload; nothing else in websockets follows a ping), without its generic parser. Not
+        while more than ``WRITE_LIMIT`` waits to be sent: a peer that pings and does not read would
+        otherwise have us buffer pongs without end (websockets did), and RFC 6455 section 5.5.3 lets
+        us answer only the latest ping when earlier pongs are still unsent."""
         protocol, transport = self.protocol, self.transport  # type: ignore[attr-defined]
         if protocol.state is State.OPEN and not transport.is_closing():
             pong = pong_for(data, mask=protocol.side is Side.CLIENT)
             if pong is not None:
-                transport.write(pong)
+                if transport.get_write_buffer_size() <= WRITE_LIMIT:
+                    transport.write(pong)
                 return True
         self._websockets_received(data)
         return protocol.state is State.OPEN

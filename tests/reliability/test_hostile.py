@@ -577,3 +577,32 @@ def test_oversized_messages_refused_not_buffered(deployment: Deployment, figure:
            f"256 MiB refused with 1009 after {refused_after:.2f} s ({mib_sent} MiB written by then), a message in "
            f"64 KiB fragments refused with 1009 after {fragments} fragments were written; server RSS grew {grown} KiB",
            rss_growth_kib=grown, fragments_written=fragments)
+
+
+def test_a_peer_that_pings_and_never_reads_does_not_grow_the_server(deployment: Deployment, echo: Service,
+                                                                   figure: Figure) -> None:
+    """25 MB of pings from a peer that reads nothing: the pongs beyond one write limit are not buffered."""
+    deployment.services["BUS2"] = free_port()  # the flooder's ID
+    server = deployment.start_server()
+    deployment.start_agent("BUS1", echo.port)
+    flooder, _ = raw_handshake(deployment.http_port, "/forward_to_me/BUS2")
+    time.sleep(0.5)  # part of the measurement: the base RSS once the handshake is released
+    base = rss_kib(server.pid)
+    pings = []
+    for i in range(1000):
+        header, key = masked_frame_header(0x9, 125)
+        pings.append(header + mask(i.to_bytes(4, "big") * 31 + b"p", key))
+    burst = b"".join(pings)
+    with flooder:
+        for _ in range(200):  # 200,000 pings, 131 bytes each
+            flooder.sendall(burst)
+        time.sleep(0.5)
+        grown = rss_kib(server.pid) - base
+        with socket.create_connection(("127.0.0.1", deployment.services["BUS1"]), timeout=5) as user:
+            user.sendall(b"still served\n")
+            assert user.recv(64) == b"still served\n", "another service's user was not served during the flood"
+    assert server.proc.poll() is None
+    assert grown < 6 * 1024, f"server RSS grew by {grown} KiB while 26 MB of pings went unanswered"
+    figure("ping flood from a peer that never reads", "pongs beyond the write limit are not buffered",
+           f"200,000 pings (26 MB) from a WebSocket that reads nothing: server RSS grew {grown} KiB, "
+           f"another service's user served meanwhile", rss_growth_kib=grown)
