@@ -202,9 +202,11 @@ class DirectDelivery:
         ping's payload; nothing else in websockets follows a ping), without its generic parser. Not
         while more than ``WRITE_LIMIT`` waits to be sent: a peer that pings and does not read would
         otherwise have us buffer pongs without end (websockets did), and RFC 6455 section 5.5.3 lets
-        us answer only the latest ping when earlier pongs are still unsent."""
+        us answer only the latest ping when earlier pongs are still unsent. Never once escaped: the
+        bytes are then websockets' to judge (a frame masked wrongly, say), whatever they look like."""
         protocol, transport = self.protocol, self.transport  # type: ignore[attr-defined]
-        if protocol.state is State.OPEN and not transport.is_closing():
+        frames = self._frames
+        if frames is not None and not frames.escaped and protocol.state is State.OPEN and not transport.is_closing():
             pong = pong_for(data, mask=protocol.side is Side.CLIENT)
             if pong is not None:
                 if transport.get_write_buffer_size() <= WRITE_LIMIT:

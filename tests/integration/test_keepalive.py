@@ -83,3 +83,15 @@ def test_the_real_agent_answers_the_servers_pings(deployment: Deployment) -> Non
     status = deployment.status()["BUS1"]
     assert status["connected"] and status["last_disconnect_reason"] is None, status
     assert "keepalive" not in server.log() and "disconnected" not in agent.log()
+
+
+def test_an_unmasked_ping_is_a_protocol_error_not_answered(deployment: Deployment) -> None:
+    """RFC 6455 5.1: a client's frames are masked; the server closes (1002) and answers nothing."""
+    deployment.start_server()
+    sock, rest = raw_handshake(deployment.http_port, "/forward_to_me/BUS1")
+    sock.sendall(struct.pack("!BB", 0x80 | PING, 4) + b"ping")
+    frames = _frames(sock, rest, 3)
+    sock.close()
+    kinds = [kind for kind, _, _ in frames]
+    assert PONG not in kinds and kinds[-1:] == [CLOSE], frames
+    assert struct.unpack("!H", frames[-1][1][:2])[0] == 1002, frames
