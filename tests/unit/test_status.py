@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from reverse_websockify import status
 from reverse_websockify.status import (
     StatusQuery,
     StatusQueryError,
@@ -94,8 +95,17 @@ def test_the_html_view_shows_a_page_and_links_to_the_next() -> None:
     assert found.count('<tr class="service"') == 1 and 'value="depot"' in found
 
 
-def test_a_large_document_is_compact_for_scripts() -> None:
-    assert render_json(FLEET).startswith(b'{\n  "bus000": {')  # indented for people
-    large = {f"bus{i:04d}": {"connected": False} for i in range(1001)}
-    text = render_json(large)
+@pytest.mark.parametrize("encoder", ["orjson", "standard library"])
+def test_a_large_document_is_compact_for_scripts(encoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large documents are encoded by orjson, or by the standard library where orjson has no wheel (PyPy)."""
+    assert status._encode.__module__ == "orjson", "CPython installs orjson with the package"
+    if encoder == "standard library":
+        monkeypatch.setattr(status, "_encode", status.encode_with_json)
+    assert status.render_json(FLEET).startswith(b'{\n  "bus000": {')  # indented for people
+    large = {f"bus{i:04d}": {"connected": i % 3 == 0, "nickname": f"Bahnhof Zürich \"{i}\"", "seconds": i / 7,
+                             "failed": {"refused": i} if i % 5 else {}, "since": None} for i in range(1001)}
+    text = status.render_json(large)
     assert text.count(b"\n") == 1 and json.loads(text) == large
+    page = json.loads(status.render_page_document(status.StatusPage(large, 1001, {"online": 334}),
+                                                  StatusQuery.parse("state=online")))
+    assert page["services"] == large and page["matched"] == 1001 and page["summary"] == {"online": 334}
