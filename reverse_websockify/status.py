@@ -154,9 +154,17 @@ def encode_with_json(value: Any) -> bytes:
 
 
 try:
-    from orjson import dumps as _encode
+    import orjson
 except ImportError:  # pragma: no cover (CPython installs orjson with the package)
     _encode = encode_with_json
+else:
+    def _encode(value: Any) -> bytes:
+        """orjson, eight times faster; what it refuses (a lone surrogate, an integer beyond 64 bits) the
+        standard library writes, so that one odd value never costs the operator the page."""
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return encode_with_json(value)
 
 ENTRIES_PER_CALL = 500
 """Services encoded per encoder call in a large document, which holds the interpreter lock throughout:
