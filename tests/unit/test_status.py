@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -98,9 +100,9 @@ def test_the_html_view_shows_a_page_and_links_to_the_next() -> None:
 @pytest.mark.parametrize("encoder", ["orjson", "standard library"])
 def test_a_large_document_is_compact_for_scripts(encoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Large documents are encoded by orjson, or by the standard library where orjson has no wheel (PyPy)."""
-    assert "orjson" in status._encode.__code__.co_names, "CPython installs orjson with the package"
+    assert status._encoder() is not status.encode_with_json, "CPython installs orjson with the package"
     if encoder == "standard library":
-        monkeypatch.setattr(status, "_encode", status.encode_with_json)
+        monkeypatch.setattr(status, "_encoder", lambda: status.encode_with_json)
     assert status.render_json(FLEET).startswith(b'{\n  "bus000": {')  # indented for people
     large = {f"bus{i:04d}": {"connected": i % 3 == 0, "nickname": f"Bahnhof Zürich \"{i}\"", "seconds": i / 7,
                              "failed": {"refused": i} if i % 5 else {}, "since": None} for i in range(1001)}
@@ -111,3 +113,13 @@ def test_a_large_document_is_compact_for_scripts(encoder: str, monkeypatch: pyte
     page = json.loads(status.render_page_document(status.StatusPage(large, 1001, {"online": 334}),
                                                   StatusQuery.parse("state=online")))
     assert page["services"] == large and page["matched"] == 1001 and page["summary"] == {"online": 334}
+
+
+def test_orjson_is_imported_only_for_a_large_document() -> None:
+    """It adds 1.7 MiB to the process: a server that never shows more than PRETTY_LIMIT services does without."""
+    code = ("import sys; from reverse_websockify import status; "
+            "status.render_json({'bus1': {'connected': True}}); small = 'orjson' in sys.modules; "
+            "status.render_json({f'bus{i}': {'connected': True} for i in range(status.PRETTY_LIMIT + 1)}); "
+            "print(small, 'orjson' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "True"], out
