@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import collections
 import socket
 from pathlib import Path
 
+_RECENT = 4096
+_handed_out: collections.deque[int] = collections.deque(maxlen=_RECENT)
+"""Ports returned lately: the kernel may offer a port again as soon as its probe socket is closed, and
+a deployment whose services and HTTP endpoint got one port twice refuses its config (seen in CI)."""
+
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports on 127.0.0.1 (held open together, so they cannot repeat)."""
+    """``count`` distinct free ports on 127.0.0.1, none of them returned by the last 4,096 calls' ports."""
     sockets: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for _ in range(count):
+        while len(ports) < count:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
+            sockets.append(s)  # held open until all are chosen, so they cannot repeat among themselves
+            port = s.getsockname()[1]
+            if port not in _handed_out:
+                ports.append(port)
+        _handed_out.extend(ports)
+        return ports
     finally:
         for s in sockets:
             s.close()
 
 
 def free_port() -> int:
-    """One free port on 127.0.0.1 (two calls may return the same port: use free_ports for several)."""
+    """One free port on 127.0.0.1, not one handed out lately (see free_ports)."""
     return free_ports(1)[0]
 
 
