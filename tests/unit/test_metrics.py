@@ -67,7 +67,7 @@ def test_a_long_walk_gives_the_event_loop_turns() -> None:
         await asyncio.sleep(0)
         seen = 0
         async for _ in pacing.paced(range(50)):
-            time.sleep(pacing.HOLD_SECONDS / 2)  # an item that costs 1 ms: a turn every second or third
+            time.sleep(pacing.HOLD_SECONDS / 2)  # an item that costs half a hold: a turn every second or third
             seen += 1
         counter.cancel()
         return seen, turns
