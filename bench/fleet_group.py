@@ -12,6 +12,8 @@ fleet generator (``python3 -m bench.fleet``, its own process) for the N others. 
    the status page is loaded every second (JSON and HTML), (d) across a SIGHUP (unchanged config):
    p99 as a ratio to the baseline's, each /metrics and / response timed, /healthz polled every 50 ms
    around the SIGHUP (its slowest answer), the reload's duration (SIGHUP to the "reloaded" log line);
+   with every wrk run, how long the server's event loop was held meanwhile (its lag histogram in
+   /metrics, read before and after: looplag.py);
 4. a restart with the fleet attached, by SIGTERM and then by SIGKILL: how long the server took to
    exit, to answer /healthz again, and until all N (and the real agent) were attached again; the
    agents not back within the wait are "stuck", with their state and last failure.
@@ -71,6 +73,30 @@ def timed_get(url: str, accept: str = "*/*", timeout: float = 30.0) -> tuple[flo
             return time.monotonic() - started, size, response.status
     except OSError:
         return time.monotonic() - started, 0, 0
+
+
+LAG = "reverse_websockify_event_loop_lag_seconds_bucket"
+
+
+def loop_lag_buckets(base: str) -> dict[float, float]:
+    """The server's event-loop lag histogram (cumulative count by upper bound, seconds) from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return {float(s.labels["le"]): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == LAG}
+
+
+def lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Samples taken between two readings, how many were 5 ms or more late, and the bucket of the latest."""
+    delta = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    samples = delta.get(float("inf"), 0.0)
+    under_5ms = max((n for bound, n in delta.items() if bound <= 0.005), default=0.0)
+    reached = [bound for bound, n in delta.items() if n >= samples and samples]  # cumulative: all are in
+    longest = min(reached) if reached else 0.0
+    return {"samples": int(samples), "over_5ms": int(samples - under_5ms),
+            "longest_ms_at_most": "∞" if longest == float("inf") else f"{longest * 1000:g}"}
 
 
 class Repeating(threading.Thread):
@@ -218,15 +244,19 @@ class FleetRun:
         """wrk through the real agent; ``during`` starts something for the run's length and returns its stop."""
         assert self.deployment is not None
         port = self.deployment.services[WEB]
+        lag_before = loop_lag_buckets(self.base)
         stop = during() if during is not None else None
         try:
             v = self.bench.measure(f"fleet: {label}", lambda: wrk(port, WRK_CONNECTIONS, self.s.fleet_seconds))
         finally:
             if stop is not None:
                 stop()
+        lag = lag_summary(lag_before, loop_lag_buckets(self.base))
         if v is not None:
             progress(f"  {label}: {v['rps']:.0f} req/s, p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms, "
-                     f"{v['errors']} errors")
+                     f"{v['errors']} errors; event loop held ≥ 5 ms in {lag['over_5ms']} of {lag['samples']} "
+                     f"samples, longest ≤ {lag['longest_ms_at_most']} ms")
+            v["loop_lag"] = lag
         self.out.setdefault("wrk", {})[label] = v
         return v
 

@@ -252,14 +252,17 @@ def fleet_markdown(f: dict[str, Any]) -> list[str]:
     base = runs.get("baseline: only the real agent")
     if runs:
         out += [f"| fleet: wrk -c16 through one real agent, {n} simulated agents attached | req/s | p50 ms | "
-                "p99 ms | p99 ÷ baseline p99 (target ≤ 2×) | errors |", "|---|---:|---:|---:|---:|---:|"]
+                "p99 ms | p99 ÷ baseline p99 (target ≤ 2×) | errors | server's event loop held ≥ 5 ms "
+                "(of samples every 10 ms); longest |", "|---|---:|---:|---:|---:|---:|---:|"]
         for label, v in runs.items():
             if v is None:
-                out.append(f"| {label} | failed | | | | |")
+                out.append(f"| {label} | failed | | | | | |")
                 continue
             ratio = "–" if not base or not base["p99_ms"] else f"{v['p99_ms'] / base['p99_ms']:.2f}×"
+            lag = v.get("loop_lag")
+            held = f"{lag['over_5ms']} of {lag['samples']}; ≤ {lag['longest_ms_at_most']} ms" if lag else "–"
             out.append(f"| {label} | {v['rps']:,.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {ratio} | "
-                       f"{v['errors']:.0f} |")
+                       f"{v['errors']:.0f} | {held} |")
         out.append("")
     lines: list[tuple[str, str]] = []
     att = f.get("attach")

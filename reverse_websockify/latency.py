@@ -1,8 +1,8 @@
 """A fixed-bucket latency histogram, kept without prometheus_client.
 
-Stream opens are observed here (once per stream, never per packet); the
-metrics page turns the buckets into a Prometheus histogram when scraped, so
-start-up never imports prometheus_client.
+Stream opens are observed here (once per stream, never per packet), and the
+event loop's lag (looplag.py); the metrics page turns the buckets into a
+Prometheus histogram when scraped, so start-up never imports prometheus_client.
 """
 
 from __future__ import annotations
@@ -16,22 +16,23 @@ BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 
 
 class LatencyHistogram:
-    __slots__ = ("counts", "total")
+    __slots__ = ("buckets", "counts", "total")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # the last is +Inf
+    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last is +Inf
         self.total = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.total += seconds
 
 
-def cumulative(counts: Sequence[int]) -> list[tuple[str, int]]:
+def cumulative(counts: Sequence[int], buckets: Sequence[float] = BUCKETS) -> list[tuple[str, int]]:
     """(upper bound, cumulative count) pairs, Prometheus style, ending with +Inf."""
     running = 0
     result = []
-    for bound, n in zip([*map(str, BUCKETS), "+Inf"], counts):
+    for bound, n in zip([*map(str, buckets), "+Inf"], counts):
         running += n
         result.append((bound, running))
     return result

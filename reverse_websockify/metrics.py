@@ -24,9 +24,11 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .latency import BUCKETS, cumulative
+from .looplag import BUCKETS as LAG_BUCKETS
 from .reasons import StreamFailure
 
 if TYPE_CHECKING:
+    from .looplag import LoopLag
     from .service import Service
 
 PREFIX = "reverse_websockify"
@@ -58,6 +60,18 @@ class ServiceReading(NamedTuple):
     identity: str | None
     latency_counts: tuple[int, ...]  # per bucket, the last is +Inf
     latency_total: float
+
+
+class LoopLagReading(NamedTuple):
+    """The event loop's lag histogram (looplag.py) at scrape time, copied on the loop."""
+
+    counts: tuple[int, ...]  # per bucket, the last is +Inf
+    total: float
+    longest: float
+
+    @classmethod
+    def of(cls, lag: LoopLag) -> LoopLagReading:
+        return cls(tuple(lag.histogram.counts), lag.histogram.total, lag.longest)
 
 
 def read(service: Service) -> ServiceReading:
@@ -114,13 +128,16 @@ class _Family:
         return self.metric
 
 
-def families(readings: Sequence[ServiceReading], per_service: bool, services: int) -> Iterator[Metric]:
+def families(readings: Sequence[ServiceReading], per_service: bool, services: int,
+             loop_lag: LoopLagReading | None = None) -> Iterator[Metric]:
     info = GaugeMetricFamily(f"{PREFIX}_build_info", "reverse_websockify version", labels=["version"])
     info.add_metric([__version__], 1)
     yield info
     configured = GaugeMetricFamily(f"{PREFIX}_services", "Services in the running config")
     configured.add_metric([], services)
     yield configured
+    if loop_lag is not None:
+        yield from loop_lag_families(loop_lag)
 
     def family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,
                *labels: str) -> _Family:
@@ -181,16 +198,28 @@ def families(readings: Sequence[ServiceReading], per_service: bool, services: in
     yield histogram
 
 
+def loop_lag_families(lag: LoopLagReading) -> Iterator[Metric]:
+    histogram = HistogramMetricFamily(f"{PREFIX}_event_loop_lag_seconds",
+                                      "How late a timer due every 10 ms fired: how long every tunnel waited")
+    histogram.add_metric([], cumulative(lag.counts, LAG_BUCKETS), sum_value=lag.total)
+    yield histogram
+    longest = GaugeMetricFamily(f"{PREFIX}_event_loop_lag_max_seconds", "The longest event loop lag since start")
+    longest.add_metric([], lag.longest)
+    yield longest
+
+
 class _Readings(Collector):
-    def __init__(self, readings: Sequence[ServiceReading], per_service: bool, services: int) -> None:
-        self.args = (readings, per_service, services)
+    def __init__(self, readings: Sequence[ServiceReading], per_service: bool, services: int,
+                 loop_lag: LoopLagReading | None) -> None:
+        self.args = (readings, per_service, services, loop_lag)
 
     def collect(self) -> Iterable[Metric]:
         return families(*self.args)
 
 
-def render(readings: Sequence[ServiceReading], per_service: bool, services: int) -> tuple[bytes, str]:
+def render(readings: Sequence[ServiceReading], per_service: bool, services: int,
+           loop_lag: LoopLagReading | None = None) -> tuple[bytes, str]:
     """The exposition text; pure, so it may run in a worker thread."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Readings(readings, per_service, services))
+    registry.register(_Readings(readings, per_service, services, loop_lag))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, M
 from urllib.parse import parse_qs
 
 from . import status
+from .looplag import LoopLag
 from .pacing import collector_paused, in_worker_thread, paced
 from .service import Service
 
@@ -84,9 +85,11 @@ async def status_page(snapshot: Callable[[], Awaitable[dict[str, dict[str, Any]]
 class Reports:
     """``/``, ``/services`` and ``/metrics`` for the server's current services."""
 
-    def __init__(self, services: Callable[[], Mapping[str, Service]], per_service_limit: Callable[[], int]) -> None:
+    def __init__(self, services: Callable[[], Mapping[str, Service]], per_service_limit: Callable[[], int],
+                 loop_lag: LoopLag | None = None) -> None:
         self._services = services
         self._per_service_limit = per_service_limit
+        self._loop_lag = loop_lag
         self._snapshots: Shared[dict[str, dict[str, Any]]] = Shared(self._read_snapshots)
         self._briefs: Shared[dict[str, dict[str, Any]]] = Shared(self._read_briefs)
         self._readings: Shared[list[ServiceReading]] = Shared(self._read_metrics)
@@ -119,7 +122,7 @@ class Reports:
 
     async def metrics(self, query_string: str) -> Page:
         """Per-service series up to the configured number of services, or when asked; fleet sums otherwise."""
-        from .metrics import render
+        from .metrics import LoopLagReading, render
 
         fields = parse_qs(query_string)
         with collector_paused():
@@ -131,5 +134,6 @@ class Reports:
             switch = fields.get("per_service", [""])[-1]
             per_service = bool(chosen) or (switch in ("1", "true", "yes") if switch
                                            else services <= self._per_service_limit())
-            body, content_type = await in_worker_thread(lambda: render(readings, per_service, services))
+            lag = LoopLagReading.of(self._loop_lag) if self._loop_lag is not None else None
+            body, content_type = await in_worker_thread(lambda: render(readings, per_service, services, lag))
         return HTTPStatus.OK, body, content_type

@@ -41,6 +41,7 @@ from .protocol import (
     Hello,
 )
 from .liveness import FleetKeepalive
+from .looplag import LoopLag, LoopLagWatch
 from .pacing import collector_paused, in_worker_thread, paced
 from .reports import Reports
 from .revocation import RevocationListError, load_revocation_list
@@ -89,7 +90,8 @@ class RendezvousServer:
         self._warned_unguarded: set[str] = set()
         self._stopping = asyncio.Event()
         self.keepalive = FleetKeepalive(config.ping_interval, config.ping_timeout)
-        self.reports = Reports(lambda: self.services, lambda: self.config.metrics_per_service_limit)
+        self.loop_lag = LoopLag()
+        self.reports = Reports(lambda: self.services, lambda: self.config.metrics_per_service_limit, self.loop_lag)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -272,9 +274,12 @@ class RendezvousServer:
         watch = FdWatch(soft)
         watch.start()
         collector = FreezeAfterFullCollections(loop)
+        lag = LoopLagWatch(self.loop_lag)
         await self.start()
         collector.start()
+        lag.start()
         await self._stopping.wait()
+        lag.stop()
         collector.stop()
         self.keepalive.stop()
         watch.stop()

@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -124,6 +126,24 @@ def test_a_fleet_is_filtered_paged_and_summed(deployment: Deployment, echo: Serv
     assert {dict(labels).get("service") for _, labels in one} <= {"BUS1", None}
     every = _metrics(deployment, "?per_service=1")
     assert every[("reverse_websockify_agent_online", (("service", "FLEET119"),))] == 0
+
+
+def test_a_stalled_server_says_so_in_its_metrics_and_its_log(deployment: Deployment) -> None:
+    """A server that gets no CPU for 0.6 s (SIGSTOP here; an overloaded host in life) held every tunnel as
+    long: the event loop's lag shows it in /metrics, and a WARNING says it once."""
+    lag = "reverse_websockify_event_loop_lag_seconds"
+    server = deployment.start_server()
+    wait_for(lambda: _metrics(deployment).get((f"{lag}_count", ()), 0) >= 20, 5, "the lag timer's samples")
+    before = _metrics(deployment)
+    server.signal(signal.SIGSTOP)
+    time.sleep(0.6)
+    server.signal(signal.SIGCONT)
+    server.wait_log("the event loop was held for 0.")
+    after = _metrics(deployment)
+    held = (f"{lag}_bucket", (("le", "1.0"),)), (f"{lag}_bucket", (("le", "0.5"),))
+    assert (after[held[0]] - after[held[1]]) - (before[held[0]] - before[held[1]]) == 1  # one sample met the stop
+    assert 0.5 <= after[("reverse_websockify_event_loop_lag_max_seconds", ())] < 1.0
+    assert server.log().count("the event loop was held") == 1
 
 
 def test_health_and_readiness(deployment: Deployment, echo: Service) -> None:

@@ -470,3 +470,14 @@ def test_log_problems_name_the_last_own_frame_and_count_repeats() -> None:
         "2× main server: ERROR reverse_websockify.server: service main: tunnel failed",
         "main server: traceback at tunnel.py:218 in on_message → reverse_websockify.protocol.ProtocolError: bad",
     ]
+
+
+def test_loop_lag_between_two_readings_of_the_histogram() -> None:
+    from bench.fleet_group import lag_summary
+
+    inf = math.inf
+    before = {0.001: 10.0, 0.005: 10.0, 0.01: 10.0, 0.025: 10.0, inf: 10.0}
+    after = {0.001: 90.0, 0.005: 98.0, 0.01: 99.0, 0.025: 100.0, inf: 100.0}
+    assert lag_summary(before, after) == {"samples": 90, "over_5ms": 2, "longest_ms_at_most": "25"}
+    assert lag_summary(before, {**before, inf: 11.0}) == {"samples": 1, "over_5ms": 1, "longest_ms_at_most": "∞"}
+    assert lag_summary(before, before) == {"samples": 0, "over_5ms": 0, "longest_ms_at_most": "0"}

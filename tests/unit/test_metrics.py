@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reverse_websockify import pacing
 from reverse_websockify.latency import BUCKETS
-from reverse_websockify.metrics import ServiceReading, render
+from reverse_websockify.looplag import BUCKETS as LAG_BUCKETS
+from reverse_websockify.metrics import LoopLagReading, ServiceReading, render
 from reverse_websockify.reasons import StreamFailure
 
 
@@ -51,6 +52,19 @@ def test_fleet_sums_carry_the_same_names_without_the_service_label() -> None:
     assert fleet[("reverse_websockify_agent_online", ())] == 2
     assert fleet[("reverse_websockify_services", ())] == 3
     assert fleet[("reverse_websockify_stream_open_seconds_bucket", (("le", "0.005"),))] == 3
+
+
+def test_the_event_loop_lag_is_a_histogram_and_its_longest_sample() -> None:
+    counts = [0] * (len(LAG_BUCKETS) + 1)
+    counts[0], counts[LAG_BUCKETS.index(0.5)], counts[-1] = 90, 2, 1  # on time; two ~0.4 s holds; one of 11 s
+    m = samples(render(FLEET, per_service=False, services=3, loop_lag=LoopLagReading(tuple(counts), 12.3, 11.0))[0])
+    assert m[("reverse_websockify_event_loop_lag_seconds_bucket", (("le", "0.001"),))] == 90
+    assert m[("reverse_websockify_event_loop_lag_seconds_bucket", (("le", "0.25"),))] == 90
+    assert m[("reverse_websockify_event_loop_lag_seconds_bucket", (("le", "0.5"),))] == 92
+    assert m[("reverse_websockify_event_loop_lag_seconds_bucket", (("le", "+Inf"),))] == 93
+    assert m[("reverse_websockify_event_loop_lag_seconds_count", ())] == 93
+    assert m[("reverse_websockify_event_loop_lag_seconds_sum", ())] == 12.3
+    assert m[("reverse_websockify_event_loop_lag_max_seconds", ())] == 11.0
 
 
 def test_a_long_walk_gives_the_event_loop_turns() -> None:
