@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 
+from ..deferred_imports import defer_unused
 from .common import (
     OneLineParser,
     add_event_loop_flag,
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    defer_unused()  # before anything imports websockets
     args = build_parser().parse_args(argv)
     if args.version:
         print(version_text(PROGRAM))

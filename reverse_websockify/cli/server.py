@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
+from ..deferred_imports import defer_unused
 from .common import (
     OneLineParser,
     add_event_loop_flag,
@@ -45,6 +46,7 @@ def config_candidates() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    defer_unused()  # before anything imports websockets
     parser = OneLineParser(
         prog=PROGRAM,
         description="Rendezvous server: agents attach at /forward_to_me/<ID> over WebSocket; "

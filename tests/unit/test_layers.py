@@ -29,7 +29,8 @@ RANKS: dict[str, int] = {
     "signals": 1,
     "pacing": 1,
     "gcpolicy": 1,
-    "looplag": 2,  # the event loop's lag: a histogram (latency) and its timer
+    "looplag": 2,
+    "deferred_imports": 1,  # placeholders for modules websockets imports and never uses  # the event loop's lag: a histogram (latency) and its timer
     "status": 1,
     "stats": 2,
     "sharding": 1,  # which shard owns a service ID: the pure rule
