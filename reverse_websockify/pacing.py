@@ -56,6 +56,12 @@ _we_disabled = False
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
+    """The collector off while fleet-wide work is under way, and back on a loop turn after it ended.
+
+    Not at once: the work's objects (8,000 status entries, say) are still referenced by the caller's
+    frame when this block exits, and a collection that came then walked them all and promoted them
+    (a young-generation collection of 5-12 ms after every status page at 8,000 agents, measured).
+    """
     global _paused, _we_disabled
     if _paused == 0 and gc.isenabled():
         gc.disable()
@@ -66,8 +72,17 @@ def collector_paused() -> Iterator[None]:
     finally:
         _paused -= 1
         if _paused == 0 and _we_disabled:
-            _we_disabled = False
-            gc.enable()
+            try:
+                asyncio.get_running_loop().call_soon(_resume_collector)
+            except RuntimeError:  # no event loop: nothing outlives the caller's next statement
+                _resume_collector()
+
+
+def _resume_collector() -> None:
+    global _we_disabled
+    if _paused == 0 and _we_disabled:  # not paused again meanwhile
+        _we_disabled = False
+        gc.enable()
 
 
 _workers = 0
