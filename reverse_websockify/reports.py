@@ -106,8 +106,10 @@ class Reports:
         return {service.service_id: entry for service, entry in zip(services, entries)}
 
     async def _page(self, query: status.StatusQuery) -> status.StatusPage:
-        """Filter and count on every service's brief entry; the whole entry only for the page's rows."""
-        brief = status.StatusPage.of(await self._briefs.get(), query)
+        """Filter and count on every service's brief entry (in a worker thread: 8,000 entries held the loop
+        5-25 ms), the whole entry only for the page's rows."""
+        briefs = await self._briefs.get()
+        brief = await in_worker_thread(lambda: status.StatusPage.of(briefs, query))
         services = self._services()
         rows = {sid: services[sid].snapshot() for sid in brief.services if sid in services}
         return status.StatusPage(rows, brief.matched, brief.totals)

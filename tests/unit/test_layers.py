@@ -25,7 +25,7 @@ RANKS: dict[str, int] = {
     "latency": 1,
     "errors": 1,
     "allocator": 1,
-    "fdlimit": 1,
+    "fdlimit": 2,  # its listing runs in a worker thread (pacing)
     "signals": 1,
     "pacing": 1,
     "gcpolicy": 1,
