@@ -49,7 +49,7 @@ from .service import Service
 from .signals import on_stop_signals
 from .tls import TlsSetupError, server_context
 from .tunnel import Tunnel
-from .wsconnection import DirectServerConnection, connection_options
+from .wsconnection import DirectServerConnection, connection_options, response_with_body
 
 log = logging.getLogger("reverse_websockify.server")
 
@@ -74,7 +74,7 @@ def _response(code: HTTPStatus, body: bytes | str, content_type: str = "text/pla
             ("Connection", "close"),
         ]
     )
-    return Response(code.value, code.phrase, headers, body)
+    return response_with_body(code.value, code.phrase, headers, body)
 
 
 class RendezvousServer:

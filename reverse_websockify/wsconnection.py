@@ -18,6 +18,11 @@ through its sans-I/O ``Protocol`` under the asyncio connection:
   writer, which copied every payload several times; reads go into our
   buffers (``BufferedReads``). Every other frame is websockets' to parse.
 
+- **large HTTP bodies written apart** (``response_with_body``): websockets writes a response as
+  one bytes object, head and body concatenated; for the 4.6 MB status document of an 8,000-agent
+  fleet that copy (fresh pages, faulted in) held every tunnel about 3 ms per load. A
+  ``BodyApartResponse`` is written as head, then body.
+
 and it reads ``protocol.close_sent`` to say *why* our side closed (e.g.
 "keepalive ping timeout"). These are stable across websockets 15-17;
 ``SUPPORTED_WEBSOCKETS`` is the range pinned in pyproject.toml, and
@@ -36,6 +41,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Response
 from websockets.protocol import Side, State
 
 from .protocol import CLOSE_ABNORMAL, MAX_MESSAGE, SUBPROTOCOL, SUBPROTOCOL_V2
@@ -245,6 +251,28 @@ class DirectDelivery:
         self._deliver(data)
 
 
+BODY_APART = 64 * 1024
+"""Responses with a larger body are written as head, then body (no concatenated copy)."""
+
+
+class HeadThenBody(tuple):  # type: ignore[type-arg]
+    """What a ``BodyApartResponse`` serializes to: queued in the protocol's writes like bytes,
+    split into its two parts by ``DirectServerConnection.send_data``."""
+
+    __slots__ = ()
+
+
+class BodyApartResponse(Response):
+    def serialize(self) -> bytes:
+        head = f"HTTP/1.1 {self.status_code} {self.reason_phrase}\r\n".encode("iso-8859-1") + self.headers.serialize()
+        return HeadThenBody((head, self.body))  # type: ignore[return-value]
+
+
+def response_with_body(status_code: int, reason_phrase: str, headers: Any, body: bytes) -> Response:
+    cls = BodyApartResponse if len(body) > BODY_APART else Response
+    return cls(status_code, reason_phrase, headers, body)
+
+
 class DirectServerConnection(DirectDelivery, ServerConnection):
     admission: Any = None  # what the server decided while routing the handshake (e.g. the session to resume)
     identity: Any = None  # the AgentIdentity its client certificate carries, if any
@@ -253,6 +281,14 @@ class DirectServerConnection(DirectDelivery, ServerConnection):
     def buffer_updated(self, nbytes: int) -> None:
         self.last_heard = time.monotonic()
         super().buffer_updated(nbytes)
+
+    def send_data(self) -> None:
+        writes = self.protocol.writes
+        for i, data in enumerate(writes):
+            if isinstance(data, HeadThenBody):
+                writes[i:i + 1] = data  # the only item then: a response is the first thing a server sends
+                break
+        super().send_data()
 
 
 async def fail_keepalive(connection: Connection) -> None:

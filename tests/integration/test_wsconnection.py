@@ -15,17 +15,21 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Response
 from websockets.protocol import Protocol, State
 from websockets.uri import parse_uri
 
 from reverse_websockify.protocol import CLOSE_GOING_AWAY
 from reverse_websockify.wsconnection import (
+    BODY_APART,
     SUPPORTED_WEBSOCKETS,
     DirectClientConnection,
     DirectServerConnection,
     Message,
     connection_options,
     describe_close,
+    response_with_body,
     write_frames,
 )
 
@@ -50,6 +54,7 @@ def test_pyproject_pins_the_supported_range() -> None:
         (ServerConnection, "process_event"),
         (ClientConnection, "process_event"),
         (ServerConnection, "drain"),
+        (ServerConnection, "send_data"),
         (Protocol, "send_binary"),
         (Protocol, "data_to_send"),
         (State, "OPEN"),
@@ -63,6 +68,18 @@ def test_internals_exist(owner: type, attribute: str) -> None:
 def test_protocol_objects_record_the_close_frame_they_sent() -> None:
     protocol = ClientProtocol(parse_uri("ws://127.0.0.1/"))
     assert protocol.close_sent is None, "websockets' Protocol.close_sent is gone; update describe_close()"
+    assert protocol.writes == [], "websockets' Protocol.writes is gone; update DirectServerConnection.send_data()"
+
+
+def test_a_large_response_is_the_same_bytes_written_as_head_then_body() -> None:
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(BODY_APART + 1))])
+    body = b"x" * (BODY_APART + 1)
+    large = response_with_body(200, "OK", headers, body)
+    head, rest = large.serialize()
+    assert rest is body  # not copied
+    assert head + rest == Response(200, "OK", headers, body).serialize()
+    small = response_with_body(200, "OK", headers, body[:BODY_APART])
+    assert type(small) is Response and small.serialize().endswith(body[:BODY_APART])
 
 
 def test_direct_delivery_and_batched_writes_on_a_real_socket() -> None:
