@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, M
 from urllib.parse import parse_qs
 
 from . import status
-from .looplag import LoopLag
 from .pacing import collector_paused, in_worker_thread, paced
 from .service import Service
 
 if TYPE_CHECKING:
+    from .looplag import LoopLag
     from .metrics import ServiceReading
 
 T = TypeVar("T")
