@@ -138,12 +138,17 @@ def test_a_stalled_server_says_so_in_its_metrics_and_its_log(deployment: Deploym
     server.signal(signal.SIGSTOP)
     time.sleep(0.6)
     server.signal(signal.SIGCONT)
-    server.wait_log("the event loop was held for 0.")
+    longest_before = before[("reverse_websockify_event_loop_lag_max_seconds", ())]
+    if longest_before < 0.25:  # else a hold on a busy box already had this minute's one warning
+        server.wait_log("the event loop was held for 0.")
+    else:
+        wait_for(lambda: _metrics(deployment)[("reverse_websockify_event_loop_lag_max_seconds", ())] >= 0.5, 5,
+                 "the stop in the lag histogram")
     after = _metrics(deployment)
     held = (f"{lag}_bucket", (("le", "1.0"),)), (f"{lag}_bucket", (("le", "0.5"),))
     assert (after[held[0]] - after[held[1]]) - (before[held[0]] - before[held[1]]) == 1  # one sample met the stop
     assert 0.5 <= after[("reverse_websockify_event_loop_lag_max_seconds", ())] < 1.0
-    assert server.log().count("the event loop was held") == 1
+    assert server.log().count("the event loop was held") == 1 or longest_before >= 0.25
 
 
 def test_health_and_readiness(deployment: Deployment, echo: Service) -> None:
