@@ -34,6 +34,7 @@ from .nginxmap import upstream_address
 from .protocol import AGENT_PATH_PREFIX
 from .reports import status_page
 from .server import StartupError, _response
+from .wsconnection import DirectServerConnection
 
 log = logging.getLogger("reverse_websockify.shards")
 
@@ -131,7 +132,8 @@ class MergedStatus:
         try:
             self.http = await serve(self._never, http.host, http.port, process_request=self._route,
                                     server_header=f"reverse_websockify/{__version__}", reuse_address=True,
-                                    open_timeout=self.config.handshake_timeout)
+                                    open_timeout=self.config.handshake_timeout,
+                                    create_connection=DirectServerConnection)  # writes a BodyApartResponse
         except OSError as exc:
             raise StartupError(f"{self.config.path}: http_server_endpoint: cannot listen on {http}: "
                                f"{exc.strerror or exc}") from None

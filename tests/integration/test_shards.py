@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.clients import sha256, transfer
 from tests.support.deployment import Deployment
-from tests.support.ports import accepts_connections, listening
+from tests.support.ports import accepts_connections, free_ports, listening
 from tests.support.processes import Process
 from tests.support.programs import SERVER_NAME, command
 from tests.support.services import Service
@@ -134,3 +134,19 @@ def test_cli_errors_and_checks(deployment: Deployment) -> None:
         assert result.returncode == 2 and "no [shards] table" in result.stderr, (flag, result.stderr)
     started = time.monotonic()
     assert not accepts_connections(d.http_port) and time.monotonic() - started < 5
+
+
+def test_the_merged_status_of_a_large_fleet_comes_whole(deployment: Deployment) -> None:
+    """400 services, no shard running: a document of more than 64 KiB, written head then body."""
+    d = deployment
+    taken = set(d.services.values()) | set(d.shard_ports) | {d.http_port}  # type: ignore[attr-defined]
+    ports = [p for p in free_ports(400 + len(taken)) if p not in taken][:400]
+    d.services.update({f"FLEET{i:03d}": port for i, port in enumerate(ports)})
+    d.write_config()
+    status = start(d, "--shards-status", name="status")
+    wait_for(lambda: status.check_alive() or accepts_connections(d.http_port), 15, f"merged status: {status.log()}")
+    with urllib.request.urlopen(f"{d.base_url}/", timeout=30) as response:
+        body = response.read()
+        assert len(body) == int(response.headers["Content-Length"]) > 64 * 1024
+    merged = json.loads(body)
+    assert len(merged) == len(OWNERS) + 400 and all(entry["shard_down"] for entry in merged.values())
