@@ -39,6 +39,7 @@ from bench.progress import progress
 from bench.tools import wrk
 from tests.support import probes
 from tests.support.deployment import Deployment
+from tests.support.metrics import samples
 from tests.support.processes import Process
 from tests.support.programs import REPO
 from tests.support.waiting import WaitTimeout, wait_for
@@ -80,12 +81,9 @@ LAG = "reverse_websockify_event_loop_lag_seconds_bucket"
 
 def loop_lag_buckets(base: str) -> dict[float, float]:
     """The server's event-loop lag histogram (cumulative count by upper bound, seconds) from /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
         text = response.read().decode()
-    return {float(s.labels["le"]): s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == LAG}
+    return {float(dict(labels)["le"]): value for (name, labels), value in samples(text).items() if name == LAG}
 
 
 def lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:

@@ -15,12 +15,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from reverse_websockify.protocol import SUBPROTOCOL
 from tests.support.clients import sha256, transfer
 from tests.support.deployment import Deployment
+from tests.support.metrics import Sample, samples
 from tests.support.ports import free_port, free_ports
 from tests.support.services import Service
 from tests.support.waiting import wait_for
@@ -34,14 +34,10 @@ def _get(deployment: Deployment, path: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def _metrics(deployment: Deployment, query: str = "") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _metrics(deployment: Deployment, query: str = "") -> dict[Sample, float]:
     status, text = _get(deployment, f"/metrics{query}")
     assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    return samples(text)
 
 
 def test_metrics_count_real_traffic(deployment: Deployment, echo: Service) -> None:

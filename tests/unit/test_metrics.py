@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from prometheus_client.parser import text_string_to_metric_families
 
 from reverse_websockify import pacing
 from reverse_websockify.latency import BUCKETS
 from reverse_websockify.looplag import BUCKETS as LAG_BUCKETS
 from reverse_websockify.metrics import LoopLagReading, ServiceReading, render
 from reverse_websockify.reasons import StreamFailure
+from tests.support.metrics import Sample
+from tests.support.metrics import samples as exposition_samples
 
 
 def reading(sid: str, online: bool, sent: int, dial_failed: int = 0, identity: str | None = None) -> ServiceReading:
@@ -22,9 +23,8 @@ def reading(sid: str, online: bool, sent: int, dial_failed: int = 0, identity: s
                           (("revoked", 1),) if dial_failed else (), identity, latency, 0.004)
 
 
-def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+def samples(text: bytes) -> dict[Sample, float]:
+    return exposition_samples(text.decode())
 
 
 FLEET = [reading("a", True, 100, identity="bus-a"), reading("b", False, 10, dial_failed=2), reading("c", True, 1)]

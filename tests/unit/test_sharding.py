@@ -145,9 +145,8 @@ def test_config_errors_are_one_line(tmp_path: Path, name: str) -> None:
 
 def test_merged_metrics_are_one_valid_exposition() -> None:
     """Families stay together under one HELP/TYPE; every sample gets its shard label."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     from reverse_websockify.merged_status import merge_metrics
+    from tests.support.metrics import samples
 
     def shard_text(service: str, value: int) -> str:
         return (f'# HELP rw_bytes_total Bytes\n# TYPE rw_bytes_total counter\nrw_bytes_total{{service="{service}"}} '
@@ -155,8 +154,6 @@ def test_merged_metrics_are_one_valid_exposition() -> None:
 
     merged = merge_metrics([(0, shard_text("A", 5)), (1, shard_text("B", 7))])
     assert merged.count("# HELP rw_bytes_total") == 1 and merged.count("# TYPE rw_up") == 1
-    samples = {(s.name, tuple(sorted(s.labels.items())), s.value)
-               for family in text_string_to_metric_families(merged) for s in family.samples}
-    assert samples == {("rw_bytes_total", (("service", "A"), ("shard", "0")), 5.0),
-                       ("rw_bytes_total", (("service", "B"), ("shard", "1")), 7.0),
-                       ("rw_up", (("shard", "0"),), 1.0), ("rw_up", (("shard", "1"),), 1.0)}
+    assert samples(merged) == {("rw_bytes_total", (("service", "A"), ("shard", "0"))): 5.0,
+                               ("rw_bytes_total", (("service", "B"), ("shard", "1"))): 7.0,
+                               ("rw_up", (("shard", "0"),)): 1.0, ("rw_up", (("shard", "1"),)): 1.0}
