@@ -106,5 +106,13 @@ def tree_fd_count(pid: int) -> int:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its descendants (launcher + program), in seconds."""
-    return _sum_over_tree(pid, cpu_seconds)
+    """utime + stime of the process and its descendants (launcher + program), in seconds, with those of
+    descendants that ended and were waited for (PostgreSQL's backends, say: pgbench's connections end
+    with the run)."""
+    return _sum_over_tree(pid, _cpu_seconds_with_reaped)
+
+
+def _cpu_seconds_with_reaped(pid: int) -> float:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return sum(int(field) for field in fields[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
