@@ -37,11 +37,12 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """utime + stime of a process, in seconds; with ``reaped``, also of its children that ended and were
+    waited for (cutime + cstime)."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+    return sum(int(field) for field in fields[11 : 15 if reaped else 13]) / CLK_TCK  # fields 14-17 of proc(5)
 
 
 def children(pid: int) -> list[int]:
@@ -109,10 +110,4 @@ def tree_cpu_seconds(pid: int) -> float:
     """utime + stime of the process and its descendants (launcher + program), in seconds, with those of
     descendants that ended and were waited for (PostgreSQL's backends, say: pgbench's connections end
     with the run)."""
-    return _sum_over_tree(pid, _cpu_seconds_with_reaped)
-
-
-def _cpu_seconds_with_reaped(pid: int) -> float:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return sum(int(field) for field in fields[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+    return _sum_over_tree(pid, lambda p: cpu_seconds(p, reaped=True))
