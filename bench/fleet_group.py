@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from bench.cpu import CpuMeter
 from bench.errors import BenchError
 from bench.fixtures import StaticFilesNginx
 from bench.fleet.config import free_ports_in_range, service_ids, write_config
@@ -269,12 +270,9 @@ class FleetRun:
     def cpu(self, seconds: float) -> dict[str, float]:
         """CPU of the server and the generator over ``seconds`` with nothing else going on, in cores."""
         assert self.generator is not None
-        pids = {"server": self.server.pid, "generator": self.generator.process.pid}
-        before = {k: probes.tree_cpu_seconds(p) for k, p in pids.items()}
-        started = time.monotonic()
+        meter = CpuMeter({"server": [self.server.pid], "generator": [self.generator.process.pid]})
         time.sleep(seconds)  # the measurement window itself
-        wall = time.monotonic() - started
-        return {k: (probes.tree_cpu_seconds(p) - before[k]) / wall for k, p in pids.items()}
+        return meter.cores()
 
     def attach(self) -> None:
         assert self.deployment is not None

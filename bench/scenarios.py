@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.cpu import CpuMeter
 from bench.errors import BenchError, Fatal
 from bench.fixtures import SMALL_SIZE, Rendezvous, StalledDownload, StaticFilesNginx, WssFront
 from bench.logscan import log_problems
@@ -24,7 +25,6 @@ from bench.progress import progress
 from bench.results import Results, mib
 from bench.settings import Settings
 from bench.tools import UnparsableOutput, ab, iperf3, parse_pyspy_raw, wrk
-from tests.support import probes
 from tests.support.ports import free_ports
 from tests.support.processes import Process
 from tests.support.services import Service
@@ -197,12 +197,10 @@ class Bench:
                                            "--output", str(raw)], self.tmp / "py-spy.log")
             progress(f"  profiling the wss agent, {way}, {seconds} s")
             time.sleep(0.5)  # part of the method: py-spy attaches before the load starts, so it samples only load
-            cpu = {name: probes.tree_cpu_seconds(pid) for name, pid in pids.items()}
-            started = time.monotonic()
+            meter = CpuMeter({name: [pid] for name, pid in pids.items()})
             done = self.measure(f"profile {way} (wss)", lambda: iperf3(
                 iperf_port, rv.services[WSS], seconds + 1, reverse, 1, self.tmp), rv)
-            cores = {name: (probes.tree_cpu_seconds(pid) - cpu[name]) / (time.monotonic() - started)
-                     for name, pid in pids.items()}
+            cores = meter.cores()
             try:
                 spy.proc.wait(30)
                 samples, shares = parse_pyspy_raw(raw.read_text() if raw.exists() else "")

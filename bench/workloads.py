@@ -77,12 +77,13 @@ def _pair(bench: Bench, rv: Rendezvous, label: str, sid: str, service: RedisServ
     "cpu" (tool, service and, through the tunnel, server and agent) and "relay cpu" get their CPU per request."""
     parties = {"service": [service.process.pid], "relay": [p.pid for p in rv.logs()]}
     for target, port in (("direct", service.port), ("tunnel", rv.services[sid])):
-        meter = CpuMeter(parties)
+        meter = CpuMeter(parties, load_tool=True)
         v = bench.measure(f"{label} {target}", lambda port=port: run(port), rv)
         spent = meter.spent()
         got = figures(v) if v is not None else {}
-        if v is not None and requests(v) > 0:
-            per_request = {name: seconds / requests(v) * 1e6 for name, seconds in spent.items()}
+        made = requests(v) if v is not None else 0
+        if made > 0:
+            per_request = {name: seconds / made * 1e6 for name, seconds in spent.items()}
             got["cpu"] = per_request["client"] + per_request["service"]
             if target == "tunnel":
                 got["cpu"] += per_request["relay"]

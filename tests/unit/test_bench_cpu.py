@@ -30,7 +30,7 @@ def test_the_tool_the_service_with_its_ended_children_and_an_idle_party_each_get
     try:
         for process in (service, idle):  # started: their interpreters' start-up is not what is measured
             assert process.stdout is not None and process.stdout.readline() == "ready\n"
-        meter = CpuMeter({"service": [service.pid], "relay": [idle.pid]})
+        meter = CpuMeter({"service": [service.pid], "relay": [idle.pid]}, load_tool=True)
         assert service.stdin is not None
         service.stdin.write("go\n")
         service.stdin.flush()
